@@ -1,0 +1,7 @@
+"""Load a CRM's REST API into a warehouse with dlt, orchestrated by Dagster."""
+
+import os
+
+# dlt sends anonymous usage telemetry unless told not to. The project's .dlt/config.toml turns it
+# off too, but that file is only read when dlt runs from the project root.
+os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")

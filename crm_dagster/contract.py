@@ -1,0 +1,172 @@
+"""The CRM contract: how the CRM's REST API is called, paged, retried and written.
+
+Every setting has the default that the sandbox CRM serves. To point the project at a real CRM,
+put the settings that differ in a TOML file and set ``CRM_CONTRACT_FILE`` to its path, for
+example ``examples/pipedrive.toml``. Nothing here holds the API key or the base URL: those come
+from ``CRM_API_KEY`` and ``CRM_BASE_URL`` (or dlt's secrets outside Dagster).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from crm_dagster.errors import CrmSettingsError
+
+CONTRACT_FILE_ENV = "CRM_CONTRACT_FILE"
+RESOURCE_NAME = "crm_data"
+
+
+class CrmContract(BaseModel):
+    """Settings of one CRM endpoint. Each field is a key of the contract TOML file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str = "/v1/resource"
+    """Endpoint path, joined to the base URL."""
+    api_key_param: str = "api_key"
+    """Query parameter that carries the API key."""
+    params: dict[str, str | int] = Field(default_factory=dict)
+    """Extra query parameters sent on every page, such as a stable sort order."""
+    data_selector: str = "data"
+    """JSONPath of the record list in each response."""
+
+    paginator: Literal["offset"] = "offset"
+    """Pagination style. Only offset pagination is supported."""
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    limit: int = Field(default=100, ge=1, le=10_000)
+    """Records requested per page."""
+    total_path: str | None = "total"
+    """JSONPath of the total record count; empty when the CRM reports none."""
+    has_more_path: str | None = None
+    """JSONPath of a boolean that is false on the last page."""
+    stop_on_empty_page: bool = True
+    stop_on_short_page: bool = True
+    """Stop after a page with fewer records than ``limit``."""
+    max_offset: int | None = Field(default=None, ge=1)
+    """Guard: never request an offset at or past this value."""
+
+    primary_key: str = "id"
+    columns: dict[str, dict[str, Any]] | None = None
+    """Declared columns as dlt column hints. Unset uses the CRM columns of schema.py, and an
+    empty table declares none."""
+    updated_at_field: str = "updated_at"
+    """Field that orders versions of one record: the newest wins a merge."""
+    write_disposition: Literal["merge", "append", "replace"] = "merge"
+    updated_since_param: str | None = "updated_since"
+    """Query parameter that filters records changed since a timestamp; empty when unsupported."""
+
+    retry_statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    """Retries after the first attempt, so ``max_retries + 1`` attempts at most."""
+    backoff_factor: float = Field(default=2.0, ge=0)
+    """Seconds before the first retry; each further retry waits twice as long."""
+    retry_after_max_s: float = Field(default=60.0, ge=0)
+    """Longest ``Retry-After`` wait honoured; a longer one fails the load at once."""
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+
+    max_in_flight: int = Field(default=1, ge=1, le=64)
+    """Pages fetched at once when the CRM reports a total; 1 pages sequentially."""
+    requests_per_second: float | None = Field(default=None, gt=0)
+    """Upper bound on requests sent per second, for CRMs with a rate limit."""
+
+    @field_validator("path")
+    @classmethod
+    def _path_starts_with_slash(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"path {value!r} must start with '/', for example '/v1/resource'")
+        return value
+
+    @field_validator("retry_statuses")
+    @classmethod
+    def _statuses_are_errors(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        invalid = [status for status in value if not 400 <= status <= 599]
+        if invalid:
+            raise ValueError(f"retry_statuses {invalid} are not HTTP error statuses (400 to 599)")
+        return value
+
+    @field_validator("total_path", "has_more_path", "updated_since_param", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def page_size_params(self) -> dict[str, str | int]:
+        """Return the query parameters sent with every page request, without the key."""
+        return {**self.params, self.limit_param: self.limit}
+
+
+def load_contract(path: str | os.PathLike[str] | None = None) -> CrmContract:
+    """Load the contract from a TOML file, or the defaults when no file is given.
+
+    Args:
+        path: TOML file; defaults to the ``CRM_CONTRACT_FILE`` environment variable.
+
+    Raises:
+        CrmSettingsError: the file is missing, is not TOML, or sets an invalid value.
+    """
+    path = path or os.environ.get(CONTRACT_FILE_ENV) or None
+    if path is None:
+        return CrmContract()
+
+    file = Path(path)
+    try:
+        settings = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise CrmSettingsError(
+            f"CRM contract file {str(file)!r} was not found. Fix {CONTRACT_FILE_ENV} or create "
+            "the file."
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise CrmSettingsError(
+            f"CRM contract file {str(file)!r} is not valid TOML: {error}"
+        ) from None
+
+    try:
+        return CrmContract(**settings)
+    except ValidationError as error:
+        raise CrmSettingsError(describe_validation_error(error, str(file))) from None
+
+
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    """Turn a pydantic error into one message that names each invalid setting and its value."""
+    problems = []
+    for detail in error.errors():
+        setting = ".".join(str(part) for part in detail["loc"])
+        value = detail.get("input")
+        problems.append(f"{setting}={value!r}: {detail['msg']}")
+    return f"Invalid CRM contract setting in {source}: " + "; ".join(problems)
+
+
+def validate_base_url(base_url: str | None) -> str:
+    """Check that the CRM base URL is an absolute http(s) URL and return it without a trailing /.
+
+    Raises:
+        CrmSettingsError: the URL is missing, has no scheme or host, or carries a query string.
+    """
+    if not base_url:
+        raise CrmSettingsError(
+            "CRM base URL is missing. Set CRM_BASE_URL, for example "
+            "CRM_BASE_URL=https://crm.example.com."
+        )
+
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CrmSettingsError(
+            f"CRM base URL {base_url!r} is invalid: it needs an http:// or https:// scheme and a "
+            "host, for example https://crm.example.com."
+        )
+    if parts.query or parts.fragment:
+        # The query string is left out of the message because it may carry the key.
+        without_query = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        raise CrmSettingsError(
+            f"CRM base URL {without_query!r} must not carry a query string or fragment. Put the "
+            "API key in CRM_API_KEY and other parameters in the contract's params."
+        )
+    return base_url.rstrip("/")

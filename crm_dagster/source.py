@@ -1,0 +1,130 @@
+"""The dlt source ``crm``: dlt's ``rest_api_source`` configured from the CRM contract.
+
+Its one resource, ``crm_data``, pages through ``{base_url}{contract.path}`` and merges the
+records into the table ``crm_data``. Run it without Dagster with ``python -m crm_dagster.source``;
+the base URL and key then come from dlt's configuration (``sources.crm.base_url`` in
+``.dlt/config.toml`` or ``CRM_BASE_URL``, and ``sources.crm.api_key`` in ``.dlt/secrets.toml``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dlt
+from dlt.common.configuration.exceptions import ConfigFieldMissingException
+from dlt.sources import DltSource
+from dlt.sources.rest_api import RESTAPIConfig, rest_api_source
+
+from crm_dagster.contract import RESOURCE_NAME, CrmContract, load_contract, validate_base_url
+from crm_dagster.errors import CrmSettingsError
+from crm_dagster.paginator import CrmOffsetPaginator
+from crm_dagster.schema import SCHEMA_CONTRACT, crm_columns
+from crm_dagster.transport import LoadStats, build_session
+
+SOURCE_NAME = "crm"
+
+
+def crm_source(
+    base_url: str | None = None,
+    api_key: str | None = None,
+    contract: CrmContract | None = None,
+    stats: LoadStats | None = None,
+) -> DltSource:
+    """Build the ``crm`` dlt source.
+
+    Args:
+        base_url: CRM base URL; defaults to ``CRM_BASE_URL`` or dlt's ``sources.crm.base_url``.
+        api_key: CRM API key; defaults to dlt's secret ``sources.crm.api_key``.
+        contract: CRM contract; defaults to :func:`load_contract`.
+        stats: counters that the load fills in (requests, retries, pages, records, total).
+
+    Raises:
+        CrmSettingsError: the base URL or key is missing or invalid.
+    """
+    contract = contract or load_contract()
+    base_url = validate_base_url(base_url or _from_dlt_config("base_url", "CRM_BASE_URL"))
+    api_key = api_key or _from_dlt_config("api_key", "CRM_API_KEY", secret=True)
+    if not api_key:
+        raise CrmSettingsError(
+            "CRM API key is missing. Set CRM_API_KEY, or sources.crm.api_key in "
+            ".dlt/secrets.toml when running the dlt source on its own."
+        )
+
+    stats = stats or LoadStats()
+    config = rest_api_config(base_url, api_key, contract, stats)
+    return rest_api_source(config, name=SOURCE_NAME, schema_contract=SCHEMA_CONTRACT)
+
+
+def rest_api_config(
+    base_url: str, api_key: str, contract: CrmContract, stats: LoadStats
+) -> RESTAPIConfig:
+    """Return the ``rest_api_source`` configuration for the contract.
+
+    The key is not part of the returned configuration: the session's transport adds it.
+    """
+    if contract.columns is None:
+        columns: dict[str, Any] = crm_columns(contract.primary_key, contract.updated_at_field)
+    else:
+        columns = contract.columns
+
+    return {
+        "client": {
+            "base_url": base_url,
+            "session": build_session(contract, api_key, stats),
+            "paginator": CrmOffsetPaginator(contract, stats),
+        },
+        "resource_defaults": {
+            "primary_key": contract.primary_key,
+            "write_disposition": _write_disposition(contract),
+        },
+        "resources": [
+            {
+                "name": RESOURCE_NAME,
+                "columns": columns,
+                "endpoint": {
+                    "path": contract.path,
+                    "method": "GET",
+                    "params": contract.page_size_params(),
+                    "data_selector": contract.data_selector,
+                },
+            }
+        ],
+    }
+
+
+def _write_disposition(contract: CrmContract) -> Any:
+    if contract.write_disposition == "merge":
+        return {"disposition": "merge", "strategy": "delete-insert"}
+    return contract.write_disposition
+
+
+def _from_dlt_config(key: str, env_var: str, secret: bool = False) -> str | None:
+    if os.environ.get(env_var):
+        return os.environ[env_var]
+
+    provider = dlt.secrets if secret else dlt.config
+    try:
+        value = provider[f"sources.{SOURCE_NAME}.{key}"]
+    except (KeyError, ConfigFieldMissingException):
+        return None
+    return str(value) if value else None
+
+
+def placeholder_source() -> DltSource:
+    """Build the source with placeholder settings, so definitions load with no URL or key set.
+
+    Only the resource names and hints are read from it. Runs build the real source.
+    """
+    return crm_source(
+        base_url="http://crm.invalid",
+        api_key="definitions-placeholder-key",
+        contract=load_contract(),
+    )
+
+
+if __name__ == "__main__":
+    from crm_dagster.pipeline import crm_pipeline
+
+    load_info = crm_pipeline().run(crm_source())
+    load_info.raise_on_failed_jobs()
