@@ -1,69 +1,92 @@
-"""Asset checks on ``crm_data``, run after each load: ids present and unique, rows match the CRM."""
+"""Asset checks on ``crm_data``, run after each load: ids present and unique, rows match the CRM.
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, asset_check
+The three checks run as one step with one warehouse connection, in the asset's pool: DuckDB
+allows a single writer process, so separate check processes would fight over its lock.
+"""
 
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    multi_asset_check,
+)
+
+from crm_dagster.assets import POOL
 from crm_dagster.contract import RESOURCE_NAME, load_contract
 from crm_dagster.pipeline import crm_pipeline
-from crm_dagster.warehouse import count_rows, query
+from crm_dagster.warehouse import query
 
 ASSET_KEY = AssetKey(RESOURCE_NAME)
 
-
-def _table_sql(pipeline) -> str:  # type: ignore[no-untyped-def]
-    with pipeline.sql_client() as client:
-        return client.make_qualified_table_name(RESOURCE_NAME)
-
-
-@asset_check(asset=ASSET_KEY, description="No row of crm_data has a null primary key.")
-def crm_data_id_not_null() -> AssetCheckResult:
-    """Count rows whose primary key is null."""
-    pipeline = crm_pipeline()
-    key = load_contract().primary_key
-    rows = query(pipeline, f'SELECT COUNT(*) FROM {_table_sql(pipeline)} WHERE "{key}" IS NULL')
-    null_rows = int(rows[0][0])
-    return AssetCheckResult(passed=null_rows == 0, metadata={"null_id_rows": null_rows})
+ID_NOT_NULL = "id_not_null"
+ID_UNIQUE = "id_unique"
+ROWS_MATCH_CRM_TOTAL = "rows_match_crm_total"
 
 
-@asset_check(asset=ASSET_KEY, description="Each primary key appears in one row of crm_data.")
-def crm_data_id_unique() -> AssetCheckResult:
-    """Count primary keys that appear in more than one row."""
-    pipeline = crm_pipeline()
-    key = load_contract().primary_key
-    sql = (
-        f'SELECT COUNT(*) FROM (SELECT "{key}" FROM {_table_sql(pipeline)} '
-        f'GROUP BY "{key}" HAVING COUNT(*) > 1) AS duplicates'
-    )
-    duplicate_ids = int(query(pipeline, sql)[0][0])
-    return AssetCheckResult(passed=duplicate_ids == 0, metadata={"duplicate_ids": duplicate_ids})
-
-
-@asset_check(
-    asset=ASSET_KEY,
-    description="Rows in crm_data equal the record count that the CRM reported in its last load.",
+@multi_asset_check(
+    specs=[
+        AssetCheckSpec(ID_NOT_NULL, asset=ASSET_KEY, description="No row has a null primary key."),
+        AssetCheckSpec(ID_UNIQUE, asset=ASSET_KEY, description="Each primary key is in one row."),
+        AssetCheckSpec(
+            ROWS_MATCH_CRM_TOTAL,
+            asset=ASSET_KEY,
+            description="Rows in the table equal the total the CRM reported in the last load.",
+        ),
+    ],
+    pool=POOL,
 )
-def crm_data_matches_crm_total(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    """Compare the table's row count with the total the CRM reported during the last load."""
+def crm_data_checks(context: AssetCheckExecutionContext) -> Iterator[AssetCheckResult]:
+    """Check the primary key and compare the row count with the CRM's reported total."""
+    key = load_contract().primary_key
+    pipeline = crm_pipeline()
+    with pipeline.sql_client() as client:
+        table = client.make_qualified_table_name(RESOURCE_NAME)
+    ((rows, null_ids, distinct_ids),) = query(
+        pipeline,
+        f'SELECT COUNT(*), COUNT(*) - COUNT("{key}"), COUNT(DISTINCT "{key}") FROM {table}',
+    )
+    duplicates = rows - null_ids - distinct_ids
+
+    yield AssetCheckResult(
+        check_name=ID_NOT_NULL,
+        passed=null_ids == 0,
+        metadata={"null_id_rows": null_ids, "table_rows": rows},
+    )
+    yield AssetCheckResult(
+        check_name=ID_UNIQUE,
+        passed=duplicates == 0,
+        metadata={"duplicate_rows": duplicates, "distinct_ids": distinct_ids},
+    )
+    yield _compare_with_crm_total(context, rows)
+
+
+def _compare_with_crm_total(context: AssetCheckExecutionContext, rows: int) -> AssetCheckResult:
     event = context.instance.get_latest_materialization_event(ASSET_KEY)
     materialization = event.asset_materialization if event else None
     reported = materialization.metadata.get("crm_reported_total") if materialization else None
-    table_rows = count_rows(crm_pipeline(), RESOURCE_NAME)
-
     if reported is None:
         return AssetCheckResult(
+            check_name=ROWS_MATCH_CRM_TOTAL,
             passed=True,
-            metadata={"table_rows": table_rows, "crm_reported_total": "not reported"},
-            description="The CRM reported no total, so there is nothing to compare.",
+            metadata={"table_rows": rows},
+            description="The CRM reported no total in the last load: nothing to compare.",
         )
 
     crm_total = int(reported.value)
     return AssetCheckResult(
-        passed=table_rows == crm_total,
+        check_name=ROWS_MATCH_CRM_TOTAL,
+        passed=rows == crm_total,
+        severity=AssetCheckSeverity.ERROR,
         metadata={
-            "table_rows": table_rows,
+            "table_rows": rows,
             "crm_reported_total": crm_total,
-            "difference": table_rows - crm_total,
+            "difference": rows - crm_total,
         },
     )
 
 
-CRM_DATA_CHECKS = [crm_data_id_not_null, crm_data_id_unique, crm_data_matches_crm_total]
+CRM_DATA_CHECKS = [crm_data_checks]

@@ -8,6 +8,8 @@ column fails the load (dlt's ``data_type: freeze`` contract) instead of creating
 
 from __future__ import annotations
 
+from typing import Any
+
 from dlt.common.schema.typing import TColumnSchema, TSchemaContract
 
 CRM_COLUMNS: dict[str, TColumnSchema] = {
@@ -37,16 +39,24 @@ SCHEMA_CONTRACT: TSchemaContract = {
 }
 
 
-def crm_columns(primary_key: str, updated_at_field: str) -> dict[str, TColumnSchema]:
-    """Return the declared columns, with the primary key and merge order set from the contract."""
-    columns = {name: dict(column) for name, column in CRM_COLUMNS.items()}
-    for name, column in columns.items():
-        column.pop("primary_key", None)
-        column.pop("dedup_sort", None)
-        if name == primary_key:
-            column["primary_key"] = True
-            column["nullable"] = False
-        if name == updated_at_field:
-            column["dedup_sort"] = "desc"
-    columns.setdefault(primary_key, {"nullable": False, "primary_key": True})
+def crm_columns(
+    declared: dict[str, Any] | None, primary_key: str, updated_at_field: str
+) -> dict[str, TColumnSchema]:
+    """Return the column hints for ``crm_data``.
+
+    Args:
+        declared: the contract's columns; None uses :data:`CRM_COLUMNS`.
+        primary_key: column that identifies a record; it is marked non-nullable.
+        updated_at_field: column whose newest value wins when a merge load sees one id twice.
+    """
+    source = CRM_COLUMNS if declared is None else declared
+    columns: dict[str, dict[str, Any]] = {name: dict(hints) for name, hints in source.items()}
+    for hints in columns.values():
+        hints.pop("primary_key", None)
+        hints.pop("dedup_sort", None)
+
+    columns.setdefault(primary_key, {})
+    columns[primary_key].update(primary_key=True, nullable=False)
+    columns.setdefault(updated_at_field, {})
+    columns[updated_at_field]["dedup_sort"] = "desc"
     return columns  # type: ignore[return-value]

@@ -63,11 +63,7 @@ def rest_api_config(
 
     The key is not part of the returned configuration: the session's transport adds it.
     """
-    if contract.columns is None:
-        columns: dict[str, Any] = crm_columns(contract.primary_key, contract.updated_at_field)
-    else:
-        columns = contract.columns
-
+    columns = crm_columns(contract.columns, contract.primary_key, contract.updated_at_field)
     return {
         "client": {
             "base_url": base_url,

@@ -107,6 +107,9 @@ def describe_request(request: requests.PreparedRequest) -> str:
 class CrmTransport(HTTPAdapter):
     """Transport adapter that adds the API key, retries, and checks every CRM response."""
 
+    # Waits between retries go through this function; tests replace it to record the waits.
+    sleep = staticmethod(time.sleep)
+
     def __init__(
         self,
         contract: CrmContract,
@@ -150,6 +153,7 @@ class CrmTransport(HTTPAdapter):
             retry=retry_if_exception_type(_RetryableAttempt),
             before_sleep=lambda state: self._log_retry(request, state, attempts),
             reraise=True,
+            sleep=lambda seconds: type(self).sleep(seconds),
         )
 
         failure: _RetryableAttempt | None = None
