@@ -5,18 +5,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue
 from dagster_dlt import DagsterDltResource, dlt_assets
+from dlt.common.schema.exceptions import DataValidationError
 from dlt.pipeline.exceptions import PipelineStepFailed
+from pydantic import Field
 
 from crm_dagster.contract import RESOURCE_NAME
 from crm_dagster.errors import CrmError
-from crm_dagster.pipeline import crm_pipeline
+from crm_dagster.locking import pipeline_lock
+from crm_dagster.pipeline import crm_pipeline, definition_pipeline
 from crm_dagster.resources import CrmResource
+from crm_dagster.schema import schema_violation_error
 from crm_dagster.source import placeholder_source
 from crm_dagster.translator import CrmTranslator
 from crm_dagster.transport import LoadStats
 from crm_dagster.warehouse import count_rows
+
+
+class CrmLoadConfig(Config):
+    """Run configuration of ``crm_data``."""
+
+    full_refresh: bool = Field(
+        default=False,
+        description="Fetch every record from the CRM, even when the contract loads only "
+        "records changed since the last load (incremental = true). The records are merged.",
+    )
+
 
 # Runs of crm_data share one dlt working directory, which dagster-dlt drops at the start of
 # each run. The project's dagster.yaml limits this pool to one step at a time.
@@ -25,30 +40,35 @@ POOL = "crm_load"
 
 @dlt_assets(
     dlt_source=placeholder_source(),
-    dlt_pipeline=crm_pipeline(),
+    dlt_pipeline=definition_pipeline(),
     name="crm",
     dagster_dlt_translator=CrmTranslator(),
     pool=POOL,
 )
 def crm_assets(
-    context: AssetExecutionContext, dlt: DagsterDltResource, crm: CrmResource
+    context: AssetExecutionContext,
+    dlt: DagsterDltResource,
+    crm: CrmResource,
+    config: CrmLoadConfig,
 ) -> Iterator[MaterializeResult]:
     """Load the CRM's records into ``crm_data`` with a merge on the primary key."""
     stats = LoadStats()
-    source = crm.build_source(stats)
-    pipeline = crm_pipeline()
+    source = crm.build_source(stats, full_refresh=config.full_refresh)
 
-    with forward_logs(context.log):
-        try:
-            results = list(dlt.run(context=context, dlt_source=source, dlt_pipeline=pipeline))
-        except PipelineStepFailed as failure:
-            crm_error = _find_crm_error(failure)
-            if crm_error is None:
-                raise
-            raise crm_error from None
+    # The pool keeps loads apart; the lock also covers two processes given its slot at once.
+    with pipeline_lock(context.log):
+        pipeline = crm_pipeline()
+        with forward_logs(context.log):
+            try:
+                results = list(dlt.run(context=context, dlt_source=source, dlt_pipeline=pipeline))
+            except PipelineStepFailed as failure:
+                crm_error = _find_crm_error(failure)
+                if crm_error is None:
+                    raise
+                raise crm_error from None
 
-    for result in results:
-        yield _with_load_metadata(result, stats, pipeline)
+        for result in results:
+            yield _with_load_metadata(result, stats, pipeline)
 
 
 def _with_load_metadata(result: Any, stats: LoadStats, pipeline: Any) -> MaterializeResult:
@@ -62,6 +82,7 @@ def _with_load_metadata(result: Any, stats: LoadStats, pipeline: Any) -> Materia
         "http_retries": MetadataValue.int(stats.retries),
         "pages_fetched": MetadataValue.int(stats.pages),
         "records_fetched": MetadataValue.int(stats.records),
+        "rejected_records": MetadataValue.int(stats.rejected),
     }
     if stats.reported_total is not None:
         metadata["crm_reported_total"] = MetadataValue.int(stats.reported_total)
@@ -74,6 +95,8 @@ def _find_crm_error(error: BaseException) -> CrmError | None:
     while current is not None and id(current) not in seen:
         if isinstance(current, CrmError):
             return current
+        if isinstance(current, DataValidationError):
+            return schema_violation_error(current)
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None

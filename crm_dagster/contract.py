@@ -12,9 +12,9 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crm_dagster.errors import CrmSettingsError
 
@@ -29,17 +29,17 @@ class CrmContract(BaseModel):
 
     path: str = "/v1/resource"
     """Endpoint path, joined to the base URL."""
-    api_key_param: str = "api_key"
+    api_key_param: str = Field(default="api_key", min_length=1)
     """Query parameter that carries the API key."""
     params: dict[str, str | int] = Field(default_factory=dict)
     """Extra query parameters sent on every page, such as a stable sort order."""
-    data_selector: str = "data"
+    data_selector: str = Field(default="data", min_length=1)
     """JSONPath of the record list in each response."""
 
     paginator: Literal["offset"] = "offset"
     """Pagination style. Only offset pagination is supported."""
-    offset_param: str = "offset"
-    limit_param: str = "limit"
+    offset_param: str = Field(default="offset", min_length=1)
+    limit_param: str = Field(default="limit", min_length=1)
     limit: int = Field(default=100, ge=1, le=10_000)
     """Records requested per page."""
     total_path: str | None = "total"
@@ -52,7 +52,7 @@ class CrmContract(BaseModel):
     max_offset: int | None = Field(default=None, ge=1)
     """Guard: never request an offset at or past this value."""
 
-    primary_key: str = "id"
+    primary_key: str = Field(default="id", min_length=1)
     columns: dict[str, dict[str, Any]] | None = None
     """Declared columns as dlt column hints. Unset uses the CRM columns of schema.py, and an
     empty table declares none."""
@@ -61,6 +61,12 @@ class CrmContract(BaseModel):
     write_disposition: Literal["merge", "append", "replace"] = "merge"
     updated_since_param: str | None = "updated_since"
     """Query parameter that filters records changed since a timestamp; empty when unsupported."""
+    incremental: bool = True
+    """Fetch only records changed since the last load: each load after the first sends
+    ``updated_since_param`` with the newest ``updated_at_field`` value loaded so far, which dlt
+    keeps in its pipeline state in the warehouse. It applies to the merge and append write
+    dispositions, and only when ``updated_since_param`` is set. A run with the ``full_refresh``
+    config fetches every record. Records deleted in the CRM stay in the table either way."""
 
     retry_statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
     max_retries: int = Field(default=3, ge=0, le=10)
@@ -72,8 +78,13 @@ class CrmContract(BaseModel):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
 
-    max_in_flight: int = Field(default=1, ge=1, le=64)
-    """Pages fetched at once when the CRM reports a total; 1 pages sequentially."""
+    max_in_flight: int = Field(default=4, ge=1, le=64)
+    """Page requests in flight at once when the CRM reports a total; 1 pages sequentially.
+
+    The default of 4 makes a load bound by request latency about 4 times faster (see
+    docs/benchmarks.md) while opening only 4 connections to the CRM. Lower it, or set
+    ``requests_per_second``, for a CRM that limits concurrent requests or request rate. Without
+    a total, paging is always sequential."""
     requests_per_second: float | None = Field(default=None, gt=0)
     """Upper bound on requests sent per second, for CRMs with a rate limit."""
 
@@ -96,6 +107,42 @@ class CrmContract(BaseModel):
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _query_parameters_are_distinct(self) -> CrmContract:
+        # The message names parameters only: a value in params may be a secret put there by
+        # mistake, and describe_validation_error prints no value for errors of the whole contract.
+        if self.api_key_param in self.params:
+            raise ValueError(
+                f"params sets {self.api_key_param!r}, the api_key_param. Remove it from params "
+                "and put the key in CRM_API_KEY, so it stays out of logs and files."
+            )
+        for setting, name in (
+            ("offset_param", self.offset_param),
+            ("limit_param", self.limit_param),
+        ):
+            if name in self.params:
+                raise ValueError(f"params sets {name!r}, the {setting}; the paginator sets it.")
+        names = [self.api_key_param, self.offset_param, self.limit_param]
+        if len(set(names)) < len(names):
+            raise ValueError(
+                f"api_key_param, offset_param and limit_param must differ, got {names}."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _paging_stops(self) -> CrmContract:
+        if (
+            self.total_path is None
+            and self.has_more_path is None
+            and self.max_offset is None
+            and not self.stop_on_empty_page
+        ):
+            raise ValueError(
+                "paging would never stop: set total_path, has_more_path or max_offset, or set "
+                "stop_on_empty_page = true."
+            )
+        return self
 
     def page_size_params(self) -> dict[str, str | int]:
         """Return the query parameters sent with every page request, without the key."""
@@ -139,9 +186,18 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
     problems = []
     for detail in error.errors():
         setting = ".".join(str(part) for part in detail["loc"])
-        value = detail.get("input")
-        problems.append(f"{setting}={value!r}: {detail['msg']}")
-    return f"Invalid CRM contract setting in {source}: " + "; ".join(problems)
+        message = detail["msg"].rstrip(".")
+        if not setting or setting.startswith("params"):
+            # An error of the whole contract has all settings as input, and params may hold
+            # a secret put there by mistake: print neither.
+            problems.append(f"{setting or 'contract'}: {message}")
+        else:
+            problems.append(f"{setting}={detail.get('input')!r}: {message}")
+    return (
+        f"Invalid CRM contract setting in {source}: "
+        + "; ".join(problems)
+        + ". Fix the setting in that file (CRM_CONTRACT_FILE)."
+    )
 
 
 def validate_base_url(base_url: str | None) -> str:
@@ -157,16 +213,27 @@ def validate_base_url(base_url: str | None) -> str:
         )
 
     parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    printable_url = _url_for_message(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise CrmSettingsError(
-            f"CRM base URL {base_url!r} is invalid: it needs an http:// or https:// scheme and a "
-            "host, for example https://crm.example.com."
+            f"CRM base URL {printable_url!r} is invalid: it needs an http:// or https:// scheme "
+            "and a host, for example https://crm.example.com. Fix CRM_BASE_URL."
+        )
+    if parts.username or parts.password:
+        raise CrmSettingsError(
+            f"CRM base URL {printable_url!r} must not carry a user name or password. Put the API "
+            "key in CRM_API_KEY."
         )
     if parts.query or parts.fragment:
-        # The query string is left out of the message because it may carry the key.
-        without_query = f"{parts.scheme}://{parts.netloc}{parts.path}"
         raise CrmSettingsError(
-            f"CRM base URL {without_query!r} must not carry a query string or fragment. Put the "
+            f"CRM base URL {printable_url!r} must not carry a query string or fragment. Put the "
             "API key in CRM_API_KEY and other parameters in the contract's params."
         )
     return base_url.rstrip("/")
+
+
+def _url_for_message(url: str) -> str:
+    """Return ``url`` without query, fragment and user info, which may carry secrets."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

@@ -8,8 +8,9 @@ from typing import Any
 
 from dlt.common import jsonpath
 from dlt.sources.helpers.rest_client.paginators import OffsetPaginator
-from requests import Response
+from requests import Request, Response
 
+from crm_dagster.concurrent import PageReadAhead
 from crm_dagster.contract import CrmContract
 from crm_dagster.errors import CrmResponseError
 from crm_dagster.transport import LoadStats, describe_request
@@ -24,10 +25,15 @@ class CrmOffsetPaginator(OffsetPaginator):
 
     It stops on the first of: offset past the reported total, ``has_more`` false, an empty page,
     a page shorter than the limit, or the ``max_offset`` guard. It logs pages and records fetched
-    at most every five seconds, and stores the reported total in ``stats``.
+    at most every five seconds, and stores the largest reported total in ``stats``.
     """
 
-    def __init__(self, contract: CrmContract, stats: LoadStats) -> None:
+    def __init__(
+        self,
+        contract: CrmContract,
+        stats: LoadStats,
+        read_ahead: PageReadAhead | None = None,
+    ) -> None:
         super().__init__(
             limit=contract.limit,
             offset_param=contract.offset_param,
@@ -41,6 +47,8 @@ class CrmOffsetPaginator(OffsetPaginator):
         self.stats = stats
         self._where = ""
         self._last_progress_at = 0.0
+        # Sends the requests for the next pages early; None pages sequentially.
+        self.read_ahead = read_ahead
 
     def update_state(self, response: Response, data: list[Any] | None = None) -> None:
         self._where = describe_request(response.request)
@@ -54,12 +62,26 @@ class CrmOffsetPaginator(OffsetPaginator):
 
         self._log_progress(pages, total_records)
 
+    def update_request(self, request: Request) -> None:
+        super().update_request(request)
+        if self.read_ahead is not None and self._has_next_page:
+            offsets = self.read_ahead.offsets_to_read(
+                self.current_value, self.value_step, self.stats.reported_total
+            )
+            self.read_ahead.read_ahead(request, self.param_name, offsets)
+
     def _store_total(self, response: Response) -> None:
-        if self.total_path is None or self.stats.reported_total is not None:
+        # Keep the largest total seen. Records created while paging raise the total, and a
+        # record deleted while paging can hide another one behind a page boundary, so the
+        # rows-vs-total check compares the distinct rows loaded with the largest total.
+        if self.total_path is None:
             return
         values = jsonpath.find_values(self.total_path, response.json())
-        if values:
-            self.stats.reported_total = int(values[0])
+        try:
+            total = int(values[0])
+        except (IndexError, TypeError, ValueError):
+            return
+        self.stats.record_total(total)
 
     def _log_progress(self, pages: int, records: int) -> None:
         now = time.monotonic()

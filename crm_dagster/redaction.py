@@ -42,7 +42,10 @@ def redact(text: str) -> str:
 
 
 class SecretFilter(logging.Filter):
-    """Logging filter that formats a record and removes registered secrets from it."""
+    """Logging filter that formats a record and removes registered secrets from it.
+
+    It redacts the message, and the traceback of a record logged with ``exc_info``.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -50,7 +53,13 @@ class SecretFilter(logging.Filter):
         if redacted != message:
             record.msg = redacted
             record.args = None
+        if record.exc_info and not record.exc_text:
+            # Formatters print exc_text when it is set, so they never format the raw traceback.
+            record.exc_text = redact(_traceback_formatter.formatException(record.exc_info))
         return True
+
+
+_traceback_formatter = logging.Formatter()
 
 
 _filter = SecretFilter()

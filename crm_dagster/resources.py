@@ -30,8 +30,10 @@ class CrmResource(ConfigurableResource):
         """Load the contract that this resource points at."""
         return load_contract(self.contract_file or None)
 
-    def build_source(self, stats: LoadStats) -> DltSource:
+    def build_source(self, stats: LoadStats, full_refresh: bool = False) -> DltSource:
         """Build the ``crm`` dlt source for one run.
+
+        ``full_refresh`` fetches every record even when the contract loads incrementally.
 
         Raises:
             CrmSettingsError: the base URL, the key or a contract setting is missing or invalid.
@@ -45,4 +47,4 @@ class CrmResource(ConfigurableResource):
             raise CrmSettingsError(
                 "CRM API key is missing. Set the environment variable CRM_API_KEY."
             )
-        return crm_source(self.base_url, self.api_key, self.contract(), stats)
+        return crm_source(self.base_url, self.api_key, self.contract(), stats, full_refresh)

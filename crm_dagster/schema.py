@@ -2,15 +2,19 @@
 
 Nested objects are flattened by dlt with a double underscore, so ``contact_info.address.city``
 becomes the column ``contact_info__address__city``. Fields the CRM sends that are not declared
-here are added as new columns with inferred types. A value whose type does not match its declared
-column fails the load (dlt's ``data_type: freeze`` contract) instead of creating a variant column.
+here are added as new columns with inferred types. A value whose type does not match its column's
+type, declared here or inferred on an earlier load, fails the load (dlt's ``data_type: freeze``
+contract) instead of creating a variant column. :func:`schema_violation_error` words that failure.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from dlt.common.schema.exceptions import DataValidationError
 from dlt.common.schema.typing import TColumnSchema, TSchemaContract
+
+from crm_dagster.errors import CrmResponseError
 
 CRM_COLUMNS: dict[str, TColumnSchema] = {
     "id": {"data_type": "bigint", "nullable": False, "primary_key": True},
@@ -31,6 +35,9 @@ CRM_COLUMNS: dict[str, TColumnSchema] = {
     "created_at": {"data_type": "timestamp", "nullable": False},
     "updated_at": {"data_type": "timestamp", "nullable": False, "dedup_sort": "desc"},
 }
+
+# dlt names a variant column after its base column, e.g. annual_revenue__v_text.
+VARIANT_SEPARATOR = "__v_"
 
 SCHEMA_CONTRACT: TSchemaContract = {
     "tables": "evolve",
@@ -60,3 +67,26 @@ def crm_columns(
     columns.setdefault(updated_at_field, {})
     columns[updated_at_field]["dedup_sort"] = "desc"
     return columns  # type: ignore[return-value]
+
+
+def schema_violation_error(error: DataValidationError) -> CrmResponseError:
+    """Turn dlt's data-type freeze violation into an error that names the record and column.
+
+    The message names the record's primary key and the column, never the offending value.
+    """
+    table = error.table_name
+    column = (error.column_name or "").split(VARIANT_SEPARATOR)[0]
+    table_columns = (error.table_schema or {}).get("columns", {})
+    declared_type = table_columns.get(column, {}).get("data_type")
+    key_names = [name for name, hints in table_columns.items() if hints.get("primary_key")]
+    item = error.data_item if isinstance(error.data_item, dict) else {}
+    record = ", ".join(f"{name}={item[name]!r}" for name in key_names if name in item)
+
+    of_type = f" of type {declared_type}" if declared_type else ""
+    return CrmResponseError(
+        f"CRM record {record or '(no primary key)'} has a value in {table}.{column} that does "
+        f"not fit the column{of_type}. The schema contract freezes data types, so the load "
+        f"stopped before writing and {table} is unchanged. Fix the value in the CRM, or declare "
+        f"the column with another type in the contract's columns (for example "
+        f'columns.{column}.data_type = "text"), then rerun.'
+    )

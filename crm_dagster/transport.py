@@ -14,7 +14,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -42,6 +44,9 @@ class LoadStats:
     pages: int = 0
     records: int = 0
     reported_total: int | None = None
+    """Largest total record count that a response of this load reported."""
+    rejected: int = 0
+    """Records without a primary key, written to the rejected-records table."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LoadStats:
@@ -62,6 +67,18 @@ class LoadStats:
             self.pages += 1
             self.records += records
             return self.pages, self.records
+
+    def record_total(self, total: int) -> None:
+        """Keep ``total`` as ``reported_total`` if it is the largest reported so far."""
+        with self._lock:
+            if self.reported_total is None or total > self.reported_total:
+                self.reported_total = total
+
+    def count_rejected(self, records: int) -> int:
+        """Count rejected records and return the number rejected so far."""
+        with self._lock:
+            self.rejected += records
+            return self.rejected
 
 
 class _RetryableAttempt(Exception):
@@ -191,7 +208,7 @@ class CrmTransport(HTTPAdapter):
             # Read the body here, so a connection reset mid-body is retried like any network error.
             response.content  # noqa: B018
         except NETWORK_ERRORS as error:
-            network_error = f"{type(error).__name__}: {redact(str(error))}"
+            network_error = describe_network_error(error, keyed, timeout)
         if network_error is not None:
             raise _RetryableAttempt(network_error)
 
@@ -208,11 +225,12 @@ class CrmTransport(HTTPAdapter):
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         cap = self.contract.retry_after_max_s
         if retry_after > cap:
+            retry_at = datetime.now(UTC) + timedelta(seconds=retry_after)
             raise CrmRequestError(
                 f"CRM request {describe_request(request)} returned HTTP {response.status_code} "
                 f"with Retry-After {retry_after:.0f} s, longer than retry_after_max_s={cap:g}. "
-                "The CRM's quota is likely used up: rerun after that wait, or raise "
-                "retry_after_max_s in the contract.",
+                "The CRM's quota is likely used up: rerun after "
+                f"{retry_at:%Y-%m-%d %H:%M:%S} UTC, or raise retry_after_max_s in the contract.",
                 status=response.status_code,
             )
         raise _RetryableAttempt(
@@ -301,7 +319,42 @@ class CrmTransport(HTTPAdapter):
             )
         if body[selector] is None:
             body[selector] = []
+        elif not isinstance(body[selector], list):
+            raise CrmResponseError(
+                f"CRM response to {where} has a {selector!r} field that is a "
+                f"{type(body[selector]).__name__}, not a list of records. Set data_selector in "
+                "the contract to the field that holds the records."
+            )
         return body
+
+
+def describe_network_error(
+    error: Exception, request: requests.PreparedRequest, timeout: Any
+) -> str:
+    """Describe a network error in one line without the request URL, so without the key.
+
+    The text of an unrecognised error is kept, with the key redacted.
+    """
+    parts = urlsplit(request.url or "")
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or "the CRM"
+    if isinstance(error, requests.exceptions.ReadTimeout):
+        read_timeout = timeout[1] if isinstance(timeout, tuple) else timeout
+        return f"no response from {host} within read_timeout_s={read_timeout} s"
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return f"connecting to {host} timed out (connect_timeout_s)"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return f"the connection to {host} broke while the response body was read"
+
+    text = str(error)
+    if "Connection refused" in text:
+        return f"{host} refused the connection"
+    if "Failed to resolve" in text or "Name or service not known" in text:
+        return f"the host name of {host} could not be resolved"
+    if "RemoteDisconnected" in text or "without response" in text:
+        return f"{host} closed the connection without a response"
+    if "Connection reset" in text:
+        return f"{host} reset the connection"
+    return f"{type(error).__name__}: {redact(text)}"
 
 
 def _advice_for_status(status: int) -> str:
@@ -309,6 +362,8 @@ def _advice_for_status(status: int) -> str:
         return "Check the base URL and the contract's path."
     if status in (400, 422):
         return "Check the contract's params, offset_param, limit_param and limit."
+    if status in (405, 501):
+        return "The CRM does not support this request: check the contract's path."
     return "This status is not retried; check the CRM's status page, then rerun."
 
 

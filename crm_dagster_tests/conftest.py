@@ -85,13 +85,24 @@ def sandbox_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]
         process.wait(timeout=10)
 
 
-def run_crm_asset(base_url: str, api_key: str = SENTINEL_KEY, raise_on_error: bool = True):  # type: ignore[no-untyped-def]
+# Run config that makes a crm_data run fetch every record, not only those changed since the last.
+FULL_REFRESH = {"ops": {"crm": {"config": {"full_refresh": True}}}}
+
+
+def run_crm_asset(  # type: ignore[no-untyped-def]
+    base_url: str,
+    api_key: str = SENTINEL_KEY,
+    raise_on_error: bool = True,
+    run_config: dict | None = None,
+):
     """Materialize crm_data in process against ``base_url`` and return the execution result."""
     resources = {
         "dlt": DagsterDltResource(),
         "crm": CrmResource(base_url=base_url, api_key=api_key),
     }
-    return materialize([crm_assets], resources=resources, raise_on_error=raise_on_error)
+    return materialize(
+        [crm_assets], resources=resources, raise_on_error=raise_on_error, run_config=run_config
+    )
 
 
 def warehouse_rows(sql: str) -> list[tuple]:

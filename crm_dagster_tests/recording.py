@@ -14,8 +14,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import vcr
+
+if TYPE_CHECKING:
+    from crm_dagster.sandbox import SandboxServer
 
 CASSETTES = Path(__file__).resolve().parent / "cassettes"
 KEY_PLACEHOLDER = "<API_KEY>"
@@ -89,6 +93,26 @@ def record_all() -> None:
         sandbox.upsert([{"id": 3, "lifecycle_stage": "churned", "churn_reason": "price"}])
         sandbox.add(1)
         _record("after_change", lambda: run_crm_asset(sandbox.base_url, key))
+
+    with SandboxServer(records=250, api_key=key, seed=7) as sandbox:
+        _record("sensor_ticks", lambda: record_sensor_ticks(sandbox, key))
+
+
+def record_sensor_ticks(sandbox: SandboxServer, key: str) -> None:
+    """Run three change-sensor checks: the first, one without a change, one after a change.
+
+    Between the second and the third check, record 5 is touched and record 251 is added, so the
+    third response has total 251 and record 251 as the newest.
+    """
+    from crm_dagster.sensors import evaluate_change
+
+    os.environ["CRM_BASE_URL"] = sandbox.base_url
+    os.environ["CRM_API_KEY"] = key
+    first = evaluate_change(None)
+    evaluate_change(first.cursor)
+    sandbox.touch([5])
+    sandbox.add(1)
+    evaluate_change(first.cursor)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import yaml
 from crm_dagster.transport import CrmTransport
 from crm_dagster_tests.conftest import (
     CASSETTES,
+    FULL_REFRESH,
     SENTINEL_KEY,
     dlt_pipeline_dir,
     failure_message,
@@ -100,7 +101,7 @@ def test_second_run_merges_to_same_rows() -> None:
     first = warehouse_rows("SELECT * FROM crm.crm_data ORDER BY id")
 
     with crm_vcr().use_cassette("full_load.yaml"):
-        result = run_crm_asset(REPLAY_BASE_URL)
+        result = run_crm_asset(REPLAY_BASE_URL, run_config=FULL_REFRESH)
 
     assert result.success
     second = warehouse_rows("SELECT * FROM crm.crm_data ORDER BY id")
@@ -111,8 +112,9 @@ def test_second_run_merges_to_same_rows() -> None:
 def test_changed_record_merges_by_id() -> None:
     with crm_vcr().use_cassette("full_load.yaml"):
         run_crm_asset(REPLAY_BASE_URL)
+    # The change leaves updated_at as it was, so only a full refresh fetches record 3 again.
     with crm_vcr().use_cassette("after_change.yaml"):
-        result = run_crm_asset(REPLAY_BASE_URL)
+        result = run_crm_asset(REPLAY_BASE_URL, run_config=FULL_REFRESH)
 
     assert result.success
     assert warehouse_rows("SELECT COUNT(*), COUNT(DISTINCT id) FROM crm.crm_data") == [(251, 251)]

@@ -2,8 +2,9 @@
 
 API endpoints, which need the key:
 
-* ``GET /v1/resource?api_key=KEY&offset=O&limit=L[&updated_since=ISO]``: offset pagination,
-  ``{"data": [...], "total": N}``.
+* ``GET /v1/resource?api_key=KEY&offset=O&limit=L[&updated_since=ISO][&sort=-updated_at]``:
+  offset pagination, ``{"data": [...], "total": N}``. Records are in ``id`` order, or newest
+  ``updated_at`` first with ``sort=-updated_at`` (both endpoints).
 * ``GET /v1/persons?api_token=KEY&start=S&limit=L[&updated_since=ISO]``: Pipedrive-style
   pagination, ``{"success": true, "data": [...], "additional_data": {"pagination": ...}}``.
 
@@ -95,6 +96,14 @@ def _parse_integer(query: dict[str, str], name: str, default: int, minimum: int)
     if value < minimum:
         raise _BadRequest(f"invalid {name} {text!r}: expected an integer >= {minimum}")
     return value
+
+
+def _parse_sort(query: dict[str, str]) -> bool:
+    """Parse ``sort``: ``id`` (the default) or ``-updated_at``; return whether newest first."""
+    text = query.get("sort", "id")
+    if text not in ("id", "-updated_at"):
+        raise _BadRequest(f"invalid sort {text!r}: expected 'id' or '-updated_at'")
+    return text == "-updated_at"
 
 
 def _parse_updated_since(query: dict[str, str]) -> str | None:
@@ -228,6 +237,26 @@ class _Handler(BaseHTTPRequestHandler):
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         app = self.server.app
         fault = None
+        recorded = not url.path.startswith(_CONTROL_PREFIX)
+        if recorded:
+            app._begin_request()
+        try:
+            fault = self._answer(url, query)
+        finally:
+            if recorded:
+                app._record_request(
+                    {
+                        "method": self.command,
+                        "path": url.path,
+                        "query": _redact(query, app.api_key_param),
+                        "status": self._status,
+                        "fault": fault.kind if fault else None,
+                    }
+                )
+
+    def _answer(self, url: Any, query: dict[str, str]) -> Fault | None:
+        app = self.server.app
+        fault = None
         try:
             body = self._read_body()
         except _BadRequest as error:
@@ -248,16 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
             logger.info("%s %s %s", self.command, target, status)
         else:
             logger.info("%s %s %s: %s", self.command, target, status, self._error)
-        if not url.path.startswith(_CONTROL_PREFIX):
-            app._record_request(
-                {
-                    "method": self.command,
-                    "path": url.path,
-                    "query": redacted,
-                    "status": self._status,
-                    "fault": fault.kind if fault else None,
-                }
-            )
+        return fault
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -328,6 +348,7 @@ class _Handler(BaseHTTPRequestHandler):
             offset = _parse_integer(query, "offset" if is_resource else "start", 0, 0)
             limit = min(_parse_integer(query, "limit", DEFAULT_LIMIT, 1), MAX_LIMIT)
             updated_since = _parse_updated_since(query)
+            newest_first = _parse_sort(query)
         except _BadRequest as error:
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
             return None
@@ -352,7 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == kinds.PREPEND:
             _prepend_records(app._store, fault.record_count or 1)
 
-        fragments, total = app._store.page(offset, limit, updated_since)
+        fragments, total = app._store.page(offset, limit, updated_since, newest_first)
         if kind in (kinds.NULL_ID, kinds.MISSING_ID) and fragments:
             fragments = [_without_id(fragments[0], kind), *fragments[1:]]
         if is_resource:
@@ -541,6 +562,10 @@ class SandboxServer:
         self._request_log_path = Path(request_log) if request_log is not None else None
         self._requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self._requests_lock = threading.Lock()
+        # Requests being answered. Reading the log waits until none is left, because a handler
+        # records its request after the client already has the response.
+        self._in_flight = 0
+        self._settled = threading.Condition(self._requests_lock)
         self._log_file: IO[str] | None = None
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -620,18 +645,26 @@ class SandboxServer:
     @property
     def requests(self) -> list[dict[str, Any]]:
         """Copy of the recorded ``/v1`` requests, oldest first, with keys shown as ``***``."""
-        with self._requests_lock:
+        with self._settled:
+            self._settled.wait_for(lambda: self._in_flight == 0, timeout=5.0)
             return [dict(entry, query=dict(entry["query"])) for entry in self._requests]
 
     def clear_requests(self) -> int:
         """Clear the in-memory request log and return the number of entries removed."""
-        with self._requests_lock:
+        with self._settled:
+            self._settled.wait_for(lambda: self._in_flight == 0, timeout=5.0)
             count = len(self._requests)
             self._requests.clear()
             return count
 
+    def _begin_request(self) -> None:
+        with self._settled:
+            self._in_flight += 1
+
     def _record_request(self, entry: dict[str, Any]) -> None:
-        with self._requests_lock:
+        with self._settled:
+            self._in_flight -= 1
+            self._settled.notify_all()
             self._requests.append(entry)
             if self._log_file is not None:
                 self._log_file.write(json.dumps(entry, ensure_ascii=False) + "\n")

@@ -153,7 +153,11 @@ class RecordStore:
             return len(self._ids) + self._pending
 
     def page(
-        self, offset: int, limit: int, updated_since: str | None = None
+        self,
+        offset: int,
+        limit: int,
+        updated_since: str | None = None,
+        newest_first: bool = False,
     ) -> tuple[list[str], int]:
         """Return encoded records ``offset + 1`` to ``offset + limit`` and the matching total.
 
@@ -163,14 +167,33 @@ class RecordStore:
             updated_since: Keep only records with ``updated_at >= updated_since``. The value
                 must be in the form ``YYYY-MM-DDTHH:MM:SSZ``. Records without a valid
                 ``updated_at`` never match.
+            newest_first: Order by ``updated_at`` descending, then ``id`` descending, with
+                records without a valid ``updated_at`` last, instead of by ``id``.
         """
         with self._lock:
+            if newest_first:
+                positions = self._newest_first_positions(updated_since)
+                selected = positions[offset : offset + limit]
+                return [self._encoded[position] for position in selected], len(positions)
             if updated_since is None:
                 self._generate_until(offset + limit)
                 return self._encoded[offset : offset + limit], len(self._ids) + self._pending
             positions = self._filtered_positions(updated_since)
             selected = positions[offset : offset + limit]
             return [self._encoded[position] for position in selected], len(positions)
+
+    def _newest_first_positions(self, updated_since: str | None) -> list[int]:
+        """Positions of the matching records, newest ``updated_at`` first. Needs the lock."""
+        if updated_since is None:
+            self._generate_all()
+            positions = list(range(len(self._ids)))
+        else:
+            positions = self._filtered_positions(updated_since)
+        return sorted(
+            positions,
+            key=lambda position: (self._updated_keys[position] or "", self._ids[position]),
+            reverse=True,
+        )
 
     def _filtered_positions(self, updated_since: str) -> list[int]:
         cache = self._filter_cache
