@@ -1,11 +1,11 @@
 """A lock between processes around every use of the ``crm`` pipeline's working directory.
 
-The pool ``crm_load`` keeps crm_data loads and checks apart in most cases, but Dagster 1.13's
-SQLite storage (the default DAGSTER_HOME storage) can give the pool's one slot to two processes
-that claim it in the same moment: it reads a free slot and then takes it without checking that
-it is still free. Two such loads would corrupt each other, because each load drops the working
-directory when it starts, and DuckDB allows one writer process. This lock closes that gap for
-processes on one machine, which is where the working directory and the DuckDB file live.
+The pool ``crm_load`` keeps crm_data loads and checks apart in most cases. But Dagster 1.13's
+SQLite storage, the default storage of a DAGSTER_HOME, can give the pool's one slot to two
+processes that claim it in the same moment: it reads a free slot, then takes it without checking
+that it is still free. Two such loads would corrupt each other, because each load drops the
+working directory when it starts, and DuckDB allows one writer process. This lock closes that
+gap for processes on one machine, which is where the working directory and the DuckDB file live.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ import duckdb
 import pytest
 from dagster import materialize
 from dagster_dlt import DagsterDltResource
+from dlt.common.configuration.container import Container
+from dlt.common.pipeline import PipelineContext
 
 from crm_dagster.assets import crm_assets
 from crm_dagster.resources import CrmResource
@@ -42,6 +44,12 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (PROJECT_ROOT / ".dagster_home" / "dagster.yaml").read_text()
     )
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+
+    # dlt keeps the last pipeline that ran as the active one, and a resource iterated outside a
+    # pipeline reads its incremental state from it. Each test starts with none.
+    pipeline_context = Container()[PipelineContext]
+    if pipeline_context.is_active():
+        pipeline_context.deactivate()
     return tmp_path
 
 

@@ -70,7 +70,7 @@ def test_cli_materializes_sandbox_records(
     queries = [entry["query"] for entry in served if entry["path"] == "/v1/resource"]
     offsets = [int(query["offset"]) for query in queries]
     # The first run fetches every page, the last two concurrently and so in either order. The
-    # second run asks only for records changed since the first, which fit on one page.
+    # second run requests only records changed since the first, which fit on one page.
     assert sorted(offsets[:3]) == [0, 100, 200]
     assert offsets[3:] == [0]
     assert "updated_since" not in queries[0]
