@@ -52,6 +52,8 @@ class PageReadAhead(HTTPAdapter):
         self._pending: dict[str, Future[requests.Response]] = {}
         self._scheduled_offsets: set[int] = set()
         self._send_options: dict[str, Any] = {}
+        # The client's last prepared request: read-ahead requests copy its headers and hooks.
+        self._template: requests.PreparedRequest | None = None
         self._queue: queue.SimpleQueue[tuple[Any, dict[str, Any], Future[Any]]] = (
             queue.SimpleQueue()
         )
@@ -79,6 +81,7 @@ class PageReadAhead(HTTPAdapter):
         options = {"timeout": timeout, "verify": verify, "cert": cert, "proxies": proxies}
         with self._lock:
             self._send_options = options
+            self._template = request
             future = self._pending.pop(request.url or "", None)
         if future is not None:
             return future.result()
@@ -96,10 +99,18 @@ class PageReadAhead(HTTPAdapter):
                     continue
                 self._scheduled_offsets.add(offset)
                 options = dict(self._send_options)
+                template = self._template
 
-            page_request = copy.copy(request)
-            page_request.params = {**request.params, offset_param: offset}
-            prepared = self._session.prepare_request(page_request)
+            params = {**request.params, offset_param: offset}
+            if template is None:
+                page_request = copy.copy(request)
+                page_request.params = params
+                prepared = self._session.prepare_request(page_request)
+            else:
+                # Copying the client's prepared request keeps the session's headers and skips
+                # Session.prepare_request, which reads .netrc and the proxy variables each time.
+                prepared = template.copy()
+                prepared.prepare_url(request.url, params)
             future: Future[requests.Response] = Future()
             with self._lock:
                 self._pending[prepared.url or ""] = future

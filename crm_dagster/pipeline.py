@@ -1,10 +1,10 @@
 """The dlt pipeline ``crm``: where ``crm_data`` is written.
 
-By default it writes the dataset ``crm`` to DuckDB at ``data/warehouse.duckdb`` (override the
-path with ``CRM_DUCKDB_PATH``, and DuckDB's memory limit, 128MB by default, with
-``CRM_DUCKDB_MEMORY_LIMIT``, for example ``1GB``). To write elsewhere, use dlt's own configuration: set
-``destination_type`` (for example ``DESTINATION_TYPE=postgres``) and that destination's
-credentials in ``.dlt/secrets.toml``.
+By default it writes the dataset ``crm`` to DuckDB at ``data/warehouse.duckdb``. Override the
+path with ``CRM_DUCKDB_PATH``, and DuckDB's memory limit (128MB by default) with
+``CRM_DUCKDB_MEMORY_LIMIT``, for example ``1GB``. To write elsewhere, use dlt's own
+configuration: set ``destination_type`` (for example ``DESTINATION_TYPE=postgres``) and that
+destination's credentials in ``.dlt/secrets.toml``.
 """
 
 from __future__ import annotations
