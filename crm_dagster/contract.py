@@ -2,7 +2,7 @@
 
 Every setting has the default that the sandbox CRM serves. To point the project at a real CRM,
 put the settings that differ in a TOML file and set ``CRM_CONTRACT_FILE`` to its path, for
-example ``examples/pipedrive.toml``. Nothing here holds the API key or the base URL: those come
+example ``examples/pipedrive.toml``. Nothing here contains the API key or the base URL: those come
 from ``CRM_API_KEY`` and ``CRM_BASE_URL`` (or dlt's secrets outside Dagster).
 """
 

@@ -34,7 +34,7 @@ def duckdb_path() -> Path:
     """Return the DuckDB file that the default destination writes to.
 
     The default is named ``warehouse.duckdb`` and not after the dataset: DuckDB 2 rejects a
-    database file whose name equals the schema it holds (``crm.duckdb`` with dataset ``crm``).
+    database file whose name equals the schema it contains (``crm.duckdb`` with dataset ``crm``).
     """
     return Path(os.environ.get(DUCKDB_PATH_ENV) or DEFAULT_DUCKDB_PATH)
 

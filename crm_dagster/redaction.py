@@ -1,9 +1,9 @@
 """Keep the CRM API key out of log records and error messages.
 
 The key is added to each request URL only inside :class:`crm_dagster.transport.CrmTransport`, so
-dlt never sees it. Two places still can: urllib3 logs the request line at DEBUG level, and
-requests puts the full URL into connection errors. The transport rewrites those errors, and
-:class:`SecretFilter` rewrites log records of the loggers that print URLs.
+dlt never receives it. Two places still expose it: urllib3 logs the request line at DEBUG
+level, and requests puts the full URL into connection errors. The transport rewrites those
+errors, and :class:`SecretFilter` rewrites log records of the loggers that print URLs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from urllib.parse import quote, quote_plus
 
 REDACTED = "***"
 
-# Loggers whose records can contain a request URL. A filter on a logger sees only the records
+# Loggers whose records can contain a request URL. A filter on a logger applies only to the records
 # created on that logger, not those of its children, so each one is listed.
 URL_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3", "requests", "dlt")
 

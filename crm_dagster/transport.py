@@ -1,9 +1,9 @@
 """HTTP transport to the CRM: API key, retries, timeouts, response checks and request counts.
 
 dlt's REST client sends every request through a ``requests.Session``; this module mounts
-:class:`CrmTransport` on that session. The transport is the only place that sees the API key: it
+:class:`CrmTransport` on that session. The transport is the only code that reads the API key: it
 adds the key to the URL just before sending and puts the URL without the key back on the
-response, so dlt's logs, errors and trace files only ever see key-free URLs.
+response, so dlt's logs, errors and trace files contain only key-free URLs.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ class _RetryableAttempt(Exception):
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float:
-    """Return the wait a ``Retry-After`` header asks for, in seconds; 0 when absent or invalid.
+    """Return the wait that a ``Retry-After`` header requests, in seconds; 0 when absent or invalid.
 
-    The header holds either a number of seconds or an HTTP date.
+    The header contains either a number of seconds or an HTTP date.
     """
     if not value:
         return 0.0
@@ -155,7 +155,7 @@ class CrmTransport(HTTPAdapter):
         cert: Any = None,
         proxies: Any = None,
     ) -> requests.Response:
-        """Send ``request`` with the key added, retrying as the contract says.
+        """Send ``request`` with the key added, retrying as the contract specifies.
 
         Raises:
             CrmAuthError: the CRM answered 401 or 403.
