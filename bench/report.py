@@ -121,6 +121,7 @@ def goals_section(results: dict[str, dict[str, Any]]) -> str:
     defaults = get(results, "100000_0ms", "dlt_defaults")
     asset = get(results, "100000_0ms", "asset_in_process")
     cli = get(results, "100000_0ms", "asset_cli")
+
     if asset and defaults:
         ratio = asset["wall_s"] / defaults["wall_s"]
         rows.append(
@@ -130,6 +131,7 @@ def goals_section(results: dict[str, dict[str, Any]]) -> str:
                 verdict(ratio <= 0.3),
             )
         )
+
     if asset and floor:
         ratio = asset["wall_s"] / floor["wall_s"]
         rows.append(
@@ -139,6 +141,7 @@ def goals_section(results: dict[str, dict[str, Any]]) -> str:
                 verdict(ratio <= 3),
             )
         )
+
     if asset and cli:
         extra = cli["wall_s"] - asset["wall_s"]
         rows.append(
@@ -148,8 +151,10 @@ def goals_section(results: dict[str, dict[str, Any]]) -> str:
                 verdict(extra <= 1.5),
             )
         )
+
     rows.extend(memory_goal_rows(results))
     rows.extend(latency_goal_rows(results))
+
     rerun = get(results, "100000_0ms", "asset_rerun")
     rerun_full = get(results, "100000_0ms", "asset_rerun_full")
     if rerun and rerun_full:
@@ -162,6 +167,7 @@ def goals_section(results: dict[str, dict[str, Any]]) -> str:
                 "reported",
             )
         )
+
     table = ["| Goal | Measured | Result |", "| --- | --- | --- |"]
     table += [f"| {goal} | {measured} | {result} |" for goal, measured, result in rows]
     return "## Goals\n\n" + "\n".join(table)
@@ -197,6 +203,7 @@ def memory_goal_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str,
 def latency_goal_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
     concurrent = get(results, "100000_50ms", "asset_in_process")
     sequential = get(results, "100000_50ms", "asset_sequential")
+
     if not concurrent or not sequential:
         return []
     rows = []
@@ -208,8 +215,10 @@ def latency_goal_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str
             verdict(speedup >= 4),
         )
     )
+
     paging = concurrent.get("steps_s", {}).get("extract")
     sequential_paging = sequential.get("steps_s", {}).get("extract")
+
     if paging and sequential_paging:
         speedup = sequential_paging / paging
         rows.append(
@@ -219,8 +228,10 @@ def latency_goal_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str
                 verdict(speedup >= 4),
             )
         )
+
     pages = concurrent["records"] // PAGE_SIZE
     ideal = pages * concurrent["latency_ms"] / 1000 / DEFAULT_MAX_IN_FLIGHT
+
     for label, value in (("whole load", concurrent["wall_s"]), ("paging only", paging)):
         if value is None:
             continue
@@ -431,6 +442,7 @@ def claims_section(results: dict[str, dict[str, Any]]) -> str:
     cli_multi = get(results, "100000_0ms", "asset_cli_multiprocess")
     asset = get(results, "100000_0ms", "asset_in_process")
     sequential_floor = get(results, "100000_50ms", "http_floor")
+
     lines = [
         "## Reported numbers, checked",
         "",
@@ -440,15 +452,18 @@ def claims_section(results: dict[str, dict[str, Any]]) -> str:
         "| reported | measured here |",
         "| --- | --- |",
     ]
+
     if defaults:
         lines.append(
             f"| dlt defaults: 33 to 43 s, 3.7 GB peak | {seconds(defaults['wall_s'])}, "
             f"{megabytes(defaults['peak_rss_mb'])} (`dlt_defaults`) |"
         )
+
     if floor:
         lines.append(
             f"| plain `requests` loop: 2.5 s | {seconds(floor['wall_s'])} (`http_floor`) |"
         )
+
     if jsonl_only:
         lines.append(
             "| jsonl or parquet: about 8 to 12 s and 300 MB | jsonl with dlt's gzip "
@@ -456,18 +471,21 @@ def claims_section(results: dict[str, dict[str, Any]]) -> str:
             f"{megabytes(jsonl_only['peak_rss_mb'])} (`asset_without_uncompressed`); "
             "parquet needs pyarrow, which the project does not install |"
         )
+
     if cli_multi and asset:
         lines.append(
             "| CLI with the multiprocess executor: about 5.5 s more | "
             f"{cli_multi['wall_s'] - asset['wall_s']:+.1f} s (`asset_cli_multiprocess` "
             "against `asset_in_process`) |"
         )
+
     if cli and asset:
         lines.append(
             "| CLI in process: about 2.3 s more | "
             f"{cli['wall_s'] - asset['wall_s']:+.1f} s (`asset_cli` against "
             "`asset_in_process`) |"
         )
+
     if sequential_floor:
         lines.append(
             "| pages fetched one after another, so latency dominates | "
