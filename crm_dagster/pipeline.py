@@ -25,8 +25,8 @@ DUCKDB_PATH_ENV = "CRM_DUCKDB_PATH"
 DEFAULT_DUCKDB_PATH = Path("data") / "warehouse.duckdb"
 DUCKDB_MEMORY_LIMIT_ENV = "CRM_DUCKDB_MEMORY_LIMIT"
 # DuckDB otherwise lets a load take up to 80% of the machine's memory. This limit about halved
-# the peak memory of a 1,000,000-record load without slowing it (docs/benchmarks.md). DuckDB
-# spills larger intermediate results to a temporary folder next to the database file.
+# the peak memory of a 1,000,000-record load (docs/benchmarks.md). DuckDB spills larger
+# intermediate results to a temporary folder next to the database file.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "128MB"
 
 

@@ -32,11 +32,13 @@ def recorded_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def requested_offsets(cassette) -> list[int]:  # type: ignore[no-untyped-def]
+    """Return the offsets of the recorded requests, sorted: pages after the first are fetched
+    concurrently, so a re-recorded cassette may hold them in another order."""
     offsets = []
     for request in cassette.requests:
         query = dict(request.query)
         offsets.append(int(query.get("offset", query.get("start", 0))))
-    return offsets
+    return sorted(offsets)
 
 
 def materialized_metadata(result) -> dict:  # type: ignore[no-untyped-def]
