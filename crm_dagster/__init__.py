@@ -2,6 +2,6 @@
 
 import os
 
-# dlt sends anonymous usage telemetry unless told not to. The project's .dlt/config.toml turns it
+# dlt sends anonymous usage telemetry unless it is disabled. The project's .dlt/config.toml turns it
 # off too, but that file is only read when dlt runs from the project root.
 os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")

@@ -25,4 +25,4 @@ class CrmAuthError(CrmRequestError):
 
 
 class CrmResponseError(CrmError):
-    """The CRM answered 2xx with a body that does not fit the contract."""
+    """The CRM returned 2xx with a body that does not fit the contract."""

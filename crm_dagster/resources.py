@@ -1,4 +1,4 @@
-"""Dagster resources: the CRM connection, which holds the API key."""
+"""Dagster resources: the CRM connection, which contains the API key."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def crm_columns(
     Args:
         declared: the contract's columns; None uses :data:`CRM_COLUMNS`.
         primary_key: column that identifies a record; it is marked non-nullable.
-        updated_at_field: column whose newest value wins when a merge load sees one id twice.
+        updated_at_field: column whose newest value wins when a merge load receives one id twice.
     """
     source = CRM_COLUMNS if declared is None else declared
     columns: dict[str, dict[str, Any]] = {name: dict(hints) for name, hints in source.items()}

@@ -1,9 +1,9 @@
 """HTTP transport to the CRM: API key, retries, timeouts, response checks and request counts.
 
-dlt's REST client sends every request through a ``requests.Session``; this module mounts
-:class:`CrmTransport` on that session. The transport is the only code that reads the API key: it
-adds the key to the URL just before sending and puts the URL without the key back on the
-response, so dlt's logs, errors and trace files contain only key-free URLs.
+dlt's REST client sends every request through a ``requests.Session``, and this module mounts
+:class:`CrmTransport` on that session. The transport is the only code that reads the API key.
+It adds the key to the URL just before sending and puts the key-free URL back on the response.
+So dlt's logs, errors and trace files contain only key-free URLs.
 """
 
 from __future__ import annotations
@@ -158,9 +158,9 @@ class CrmTransport(HTTPAdapter):
         """Send ``request`` with the key added, retrying as the contract specifies.
 
         Raises:
-            CrmAuthError: the CRM answered 401 or 403.
+            CrmAuthError: the CRM returned 401 or 403.
             CrmRequestError: any other error status, or retries ran out.
-            CrmResponseError: a 2xx answer that is not the JSON the contract expects.
+            CrmResponseError: a 2xx response that is not the JSON the contract expects.
         """
         timeout = timeout or (self.contract.connect_timeout_s, self.contract.read_timeout_s)
         attempts = self.contract.max_retries + 1

@@ -175,7 +175,7 @@ def test_pipedrive_contract_loads(monkeypatch: pytest.MonkeyPatch) -> None:
 def own_log_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     """Return the captured log messages, without vcrpy's.
 
-    vcrpy stands in for the network connection in these tests and logs each URL it replays.
+    vcrpy replaces the network connection in these tests and logs each URL it replays.
     """
     return [record.getMessage() for record in caplog.records if not record.name.startswith("vcr")]
 

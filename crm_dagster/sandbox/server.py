@@ -562,7 +562,7 @@ class SandboxServer:
         self._request_log_path = Path(request_log) if request_log is not None else None
         self._requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self._requests_lock = threading.Lock()
-        # Requests being answered. Reading the log waits until none is left, because a handler
+        # Requests in progress. Reading the log waits until none is left, because a handler
         # records its request after the client already has the response.
         self._in_flight = 0
         self._settled = threading.Condition(self._requests_lock)
