@@ -76,9 +76,14 @@ class Variant:
     """Dagster CLI arguments that name the code location, for the CLI variants."""
 
 
-# Every speed change reverted at once: dlt's INSERT statements, gzip, a string data selector,
-# DuckDB's default memory limit (80% of RAM) and sequential paging.
-ALL_REVERTED_ENV = {"DATA_WRITER__DISABLE_COMPRESSION": "false", "CRM_DUCKDB_MEMORY_LIMIT": "80%"}
+# Every speed change reverted at once: pages as dictionaries, dlt's INSERT statements, gzip, a
+# string data selector, DuckDB's default memory limit (80% of RAM) and insertion order, Arrow's
+# default allocator, proxy settings read per request, and sequential paging.
+ALL_REVERTED_ENV = {
+    "DATA_WRITER__DISABLE_COMPRESSION": "false",
+    "CRM_DUCKDB_MEMORY_LIMIT": "80%",
+    "ARROW_DEFAULT_MEMORY_POOL": "mimalloc",
+}
 
 VARIANTS: dict[str, Variant] = {
     "http_floor": Variant("http_floor", "plain requests loop over the pages, no processing"),
@@ -98,12 +103,20 @@ VARIANTS: dict[str, Variant] = {
     "asset_sequential": Variant(
         "asset", "crm_data with max_in_flight = 1", contract={"max_in_flight": 1}
     ),
-    "asset_in_flight_8": Variant(
-        "asset", "crm_data with max_in_flight = 8", contract={"max_in_flight": 8}
+    "asset_in_flight_4": Variant(
+        "asset", "crm_data with max_in_flight = 4", contract={"max_in_flight": 4}
     ),
     "asset_cli": Variant("cli", "dagster asset materialize, in-process executor"),
+    "asset_without_arrow": Variant(
+        "asset",
+        "crm_data with pages as dictionaries, written as JSON lines",
+        contract={"arrow_batch_records": 0},
+    ),
     "asset_without_jsonl": Variant(
-        "asset", "crm_data with dlt's default INSERT file format", reverts=("jsonl",)
+        "asset",
+        "crm_data with pages as dictionaries and dlt's default INSERT file format",
+        contract={"arrow_batch_records": 0},
+        reverts=("jsonl",),
     ),
     "asset_without_uncompressed": Variant(
         "asset",
@@ -118,12 +131,22 @@ VARIANTS: dict[str, Variant] = {
         "crm_data with DuckDB's default memory limit (80% of RAM)",
         env={"CRM_DUCKDB_MEMORY_LIMIT": "80%"},
     ),
+    "asset_without_insertion_order": Variant(
+        "asset",
+        "crm_data with DuckDB's preserve_insertion_order left on",
+        reverts=("insertion_order",),
+    ),
+    "asset_without_system_allocator": Variant(
+        "asset",
+        "crm_data with Arrow's default allocator (mimalloc)",
+        env={"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"},
+    ),
     "asset_without_all": Variant(
         "asset",
         "crm_data with every speed change reverted",
-        contract={"max_in_flight": 1},
+        contract={"max_in_flight": 1, "arrow_batch_records": 0},
         env=ALL_REVERTED_ENV,
-        reverts=("jsonl", "compiled_selector"),
+        reverts=("jsonl", "compiled_selector", "insertion_order", "environment_once"),
     ),
     "asset_cli_multiprocess": Variant(
         "cli",

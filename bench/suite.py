@@ -87,10 +87,13 @@ CONFIGS = (
             *BASE,
             "asset_cli",
             "asset_cli_multiprocess",
+            "asset_without_arrow",
             "asset_without_jsonl",
             "asset_without_uncompressed",
             "asset_without_compiled_selector",
             "asset_without_memory_limit",
+            "asset_without_insertion_order",
+            "asset_without_system_allocator",
             "asset_without_all",
         ),
         repeat=3,
@@ -104,12 +107,15 @@ CONFIGS = (
             "asset_in_process",
             "asset_rerun",
             "asset_cli",
+            "asset_without_arrow",
             "asset_without_memory_limit",
+            "asset_without_insertion_order",
+            "asset_without_system_allocator",
         ),
         max_rss_mb=MILLION_MEMORY_CAP_MB,
     ),
-    Config(10_000, 50, (*BASE, "asset_in_flight_8", "asset_cli"), repeat=3),
-    Config(100_000, 50, (*BASE, "asset_in_flight_8", "asset_cli"), repeat=2),
+    Config(10_000, 50, (*BASE, "asset_in_flight_4", "asset_cli"), repeat=3),
+    Config(100_000, 50, (*BASE, "asset_in_flight_4", "asset_without_arrow", "asset_cli"), repeat=2),
 )
 
 
@@ -123,7 +129,7 @@ def machine_info() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for package in ("dlt", "dagster", "dagster-dlt", "duckdb", "requests", "psutil"):
+    for package in ("dlt", "dagster", "dagster-dlt", "duckdb", "pyarrow", "requests", "psutil"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 PAGE_SIZE = 100
-REVERTS = ("jsonl", "compiled_selector")
+REVERTS = ("jsonl", "compiled_selector", "insertion_order", "environment_once")
 
 
 def run_http_floor(base_url: str, api_key: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -127,14 +127,29 @@ def run_asset(base_url: str, api_key: str, args: argparse.Namespace) -> dict[str
 
 
 def revert_changes(names: list[str]) -> None:
-    """Undo speed changes of ``crm_dagster.source`` in this process, by wrapping its config.
+    """Undo speed changes of ``crm_dagster`` in this process.
 
     ``jsonl`` drops the resource's ``file_format`` hint, so dlt writes its default INSERT
     statements. ``compiled_selector`` passes the data selector as a string again.
+    ``insertion_order`` leaves DuckDB's ``preserve_insertion_order`` on. ``environment_once``
+    lets requests read the proxy settings from the environment on every request again.
     """
     if not names:
         return
+    import crm_dagster.pipeline as pipeline_module
     import crm_dagster.source as source_module
+
+    if "insertion_order" in names:
+        pipeline_module.DUCKDB_SETTINGS = {}
+    if "environment_once" in names:
+        build_session = source_module.build_session
+
+        def session_per_request_environment(*session_args: Any, **session_kwargs: Any) -> Any:
+            session = build_session(*session_args, **session_kwargs)
+            session.trust_env = True
+            return session
+
+        source_module.build_session = session_per_request_environment
 
     build_config = source_module.rest_api_config
 

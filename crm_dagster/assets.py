@@ -11,6 +11,7 @@ from dlt.common.schema.exceptions import DataValidationError
 from dlt.pipeline.exceptions import PipelineStepFailed
 from pydantic import Field
 
+from crm_dagster.columnar import arrow_settings
 from crm_dagster.contract import RESOURCE_NAME
 from crm_dagster.errors import CrmError
 from crm_dagster.locking import pipeline_lock
@@ -58,7 +59,7 @@ def crm_assets(
     # The pool keeps loads apart; the lock also covers two processes given its slot at once.
     with pipeline_lock(context.log):
         pipeline = crm_pipeline()
-        with forward_logs(context.log):
+        with forward_logs(context.log), arrow_settings():
             try:
                 results = list(dlt.run(context=context, dlt_source=source, dlt_pipeline=pipeline))
             except PipelineStepFailed as failure:

@@ -78,15 +78,24 @@ class CrmContract(BaseModel):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
 
-    max_in_flight: int = Field(default=4, ge=1, le=64)
+    max_in_flight: int = Field(default=8, ge=1, le=64)
     """Page requests in flight at once when the CRM reports a total; 1 pages sequentially.
 
-    With the default of 4, paging at 50 ms per request took about a quarter of the sequential
-    time in docs/benchmarks.md, over only 4 connections to the CRM. Lower it, or set
-    ``requests_per_second``, for a CRM that limits concurrent requests or request rate. Without
-    a total, paging is always sequential."""
+    With the default of 8, paging at 50 ms per request took about an eighth of the sequential
+    time in docs/benchmarks.md, over 8 connections to the CRM. A 429 response is retried after
+    its Retry-After wait like any other, but a CRM that limits concurrent requests or request
+    rate is better served by a lower value, or by ``requests_per_second``. Without a total,
+    paging is always sequential."""
     requests_per_second: float | None = Field(default=None, gt=0)
     """Upper bound on requests sent per second, for CRMs with a rate limit."""
+
+    arrow_batch_records: int = Field(default=10_000, ge=0)
+    """Records per Arrow table on the fast path (crm_dagster/columnar.py); 0 turns it off.
+
+    Pages whose records fit the declared columns reach dlt as Arrow tables, which dlt writes
+    to the warehouse without checking each record in Python: a load of 100,000 records took
+    about half the time in docs/benchmarks.md. Other pages, and every page when this is 0,
+    reach dlt as dictionaries."""
 
     @field_validator("path")
     @classmethod

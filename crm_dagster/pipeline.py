@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import dlt
 from dlt.common.destination import Destination
@@ -28,6 +29,10 @@ DUCKDB_MEMORY_LIMIT_ENV = "CRM_DUCKDB_MEMORY_LIMIT"
 # the peak memory of a 1,000,000-record load (docs/benchmarks.md). DuckDB spills larger
 # intermediate results to a temporary folder next to the database file.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "128MB"
+# Without insertion order, DuckDB reads and merges the load files in parallel and with less
+# memory: at 1,000,000 records the load step took about 40% less time (docs/benchmarks.md).
+# SQL tables have no row order, so queries see no difference.
+DUCKDB_SETTINGS: dict[str, Any] = {"preserve_insertion_order": False}
 
 
 def duckdb_path() -> Path:
@@ -47,7 +52,9 @@ def crm_destination() -> Destination | None:
     path = duckdb_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     memory_limit = os.environ.get(DUCKDB_MEMORY_LIMIT_ENV) or DEFAULT_DUCKDB_MEMORY_LIMIT
-    credentials = DuckDbCredentials(str(path), global_config={"memory_limit": memory_limit})
+    credentials = DuckDbCredentials(
+        str(path), global_config={**DUCKDB_SETTINGS, "memory_limit": memory_limit}
+    )
     return dlt.destinations.duckdb(credentials)
 
 

@@ -17,6 +17,7 @@ from dlt.common.configuration.exceptions import ConfigFieldMissingException
 from dlt.sources import DltSource
 from dlt.sources.rest_api import RESTAPIConfig, rest_api_source
 
+from crm_dagster.columnar import PagesToArrow, arrow_pages_enabled, arrow_settings
 from crm_dagster.concurrent import mount_read_ahead
 from crm_dagster.contract import RESOURCE_NAME, CrmContract, load_contract, validate_base_url
 from crm_dagster.errors import CrmSettingsError
@@ -63,6 +64,9 @@ def crm_source(
     columns = crm_columns(contract.columns, contract.primary_key, contract.updated_at_field)
     reject_step = RejectRecordsWithoutKey(contract.primary_key, columns, stats)
     source.resources[RESOURCE_NAME].add_step(reject_step)
+    if arrow_pages_enabled(contract, columns):
+        to_arrow = PagesToArrow(columns, source.schema.naming, contract.arrow_batch_records)
+        source.resources[RESOURCE_NAME].add_step(to_arrow)
     return source
 
 
@@ -78,7 +82,7 @@ def rest_api_config(
     The key is not part of the returned configuration: the session's transport adds it.
     """
     columns = crm_columns(contract.columns, contract.primary_key, contract.updated_at_field)
-    session = build_session(contract, api_key, stats)
+    session = build_session(contract, api_key, stats, base_url)
     read_ahead = mount_read_ahead(session, contract)
     return {
         "client": {
@@ -94,10 +98,11 @@ def rest_api_config(
             {
                 "name": RESOURCE_NAME,
                 "columns": columns,
-                # DuckDB loads JSON lines files several times faster than dlt's default
-                # INSERT statements (docs/benchmarks.md). A destination that does not take
-                # jsonl falls back to its own default format, with a warning from dlt.
-                "file_format": "jsonl",
+                # Parquet takes the Arrow tables as they are; JSON lines, when pages stay
+                # dictionaries, loads several times faster than dlt's default INSERT statements
+                # (docs/benchmarks.md). A destination that takes neither falls back to its own
+                # default format, with a warning from dlt.
+                "file_format": "parquet" if arrow_pages_enabled(contract, columns) else "jsonl",
                 "endpoint": {
                     "path": contract.path,
                     "method": "GET",
@@ -166,5 +171,6 @@ def placeholder_source() -> DltSource:
 if __name__ == "__main__":
     from crm_dagster.pipeline import crm_pipeline
 
-    load_info = crm_pipeline().run(crm_source())
+    with arrow_settings():
+        load_info = crm_pipeline().run(crm_source())
     load_info.raise_on_failed_jobs()

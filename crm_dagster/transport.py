@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -368,10 +369,26 @@ def _advice_for_status(status: int) -> str:
 
 
 def build_session(
-    contract: CrmContract, api_key: str, stats: LoadStats | None = None
+    contract: CrmContract,
+    api_key: str,
+    stats: LoadStats | None = None,
+    base_url: str | None = None,
 ) -> requests.Session:
-    """Return a session whose http:// and https:// requests go through :class:`CrmTransport`."""
+    """Return a session whose http:// and https:// requests go through :class:`CrmTransport`.
+
+    Args:
+        base_url: the CRM's base URL. When given, the proxy and CA bundle settings of the
+            environment (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ...) are read
+            once for it, instead of on every request: for 1,000 pages that was about a tenth
+            of the extract step's time in docs/benchmarks.md.
+    """
     session = requests.Session()
+    if base_url is not None:
+        session.proxies.update(requests.utils.get_environ_proxies(base_url))
+        session.verify = (
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        )
+        session.trust_env = False
     transport = CrmTransport(contract, api_key, stats)
     session.mount("http://", transport)
     session.mount("https://", transport)

@@ -49,8 +49,11 @@ def recorded_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def fetch_records(
     server: SandboxServer, stats: LoadStats | None = None, **settings: Any
 ) -> list[dict[str, Any]]:
-    """Page through crm_data with the given contract settings and return the records."""
-    contract = CrmContract(limit=LIMIT, **settings)
+    """Page through crm_data with the given contract settings and return the records.
+
+    Pages stay dictionaries (arrow_batch_records = 0), so the records come back in page order.
+    """
+    contract = CrmContract(limit=LIMIT, arrow_batch_records=0, **settings)
     source = crm_source(server.base_url, SENTINEL_KEY, contract, stats or LoadStats())
     return list(source.resources[RESOURCE_NAME])
 

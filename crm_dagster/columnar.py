@@ -1,0 +1,288 @@
+"""Pages as Arrow tables: the fast path from the CRM's JSON to the warehouse.
+
+dlt normalizes a list of dictionaries one record at a time in Python: it flattens nested
+objects, checks each value against its column and parses every timestamp and decimal. For
+100,000 records that took longer than fetching them (docs/benchmarks.md). An Arrow table skips
+that work: dlt writes it to a parquet file as it is, and DuckDB reads the file in bulk.
+
+:class:`PagesToArrow` turns a page into an Arrow table with one column per declared column, in
+the declared types, when every record fits the declared columns exactly. A page that does not fit
+goes on as a list of dictionaries, and dlt's own normalizer handles it as before. A field the
+contract does not declare becomes a new column. A value of the wrong type fails the load with
+the schema contract's error, and a list becomes a child table. The table in the warehouse has
+the same columns either way, including dlt's ``_dlt_load_id`` and ``_dlt_id``
+(:data:`ARROW_NORMALIZER_CONFIG`).
+
+The fast path needs pyarrow. Without it, or when a declared column has a type that it does not
+convert (such as ``json``, ``binary``, ``time`` or ``wei``), every page takes dlt's normal path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import dlt
+from dlt.common.normalizers.naming import NamingConvention
+from dlt.common.schema.typing import TColumnSchema
+from dlt.extract.items import SupportsPipe
+from dlt.extract.items_transform import BaseItemTransform, ItemTransform
+
+from crm_dagster.contract import CrmContract
+
+try:
+    import pyarrow as pa
+except ImportError:  # pragma: no cover - pyarrow is a dependency; this keeps the dict path.
+    pa = None
+
+# dlt adds its load id and row id to dictionaries by default, and to Arrow tables only when
+# configured to. arrow_settings() applies these around each load, so rows from either path
+# carry both columns.
+ARROW_NORMALIZER_CONFIG: dict[str, Any] = {
+    "normalize.parquet_normalizer.add_dlt_load_id": True,
+    "normalize.parquet_normalizer.add_dlt_id": True,
+}
+
+# Records per Arrow table. dlt checks each Arrow table against the schema, which took about 9 ms
+# per table in a profile, so pages go on in batches. A batch of 10,000 records is a few MB.
+DEFAULT_BATCH_RECORDS = 10_000
+
+# dlt's name for the separator of nested fields in flattened column names.
+_NESTING_SEPARATOR = "__"
+
+
+def arrow_settings() -> AbstractContextManager[None]:
+    """Return a context in which dlt adds ``_dlt_load_id`` and ``_dlt_id`` to Arrow tables.
+
+    Run each load of the ``crm`` source in it: without it, rows that arrive as Arrow tables
+    lack both columns, and a merge into a table that has them fails.
+    """
+    return dlt.config.values(ARROW_NORMALIZER_CONFIG)
+
+
+def arrow_pages_enabled(contract: CrmContract, columns: dict[str, TColumnSchema]) -> bool:
+    """Return whether pages of ``crm_data`` can reach dlt as Arrow tables.
+
+    That needs pyarrow, ``arrow_batch_records`` above 0, and declared columns whose types
+    :class:`PagesToArrow` converts.
+    """
+    if pa is None or contract.arrow_batch_records == 0 or not columns:
+        return False
+    return all(_arrow_column(name, hints) is not None for name, hints in columns.items())
+
+
+class _DoesNotFit(Exception):
+    """A page that the declared columns do not describe exactly."""
+
+
+@dataclass
+class _Node:
+    """One level of nesting in the records: its declared leaf columns and nested objects."""
+
+    leaves: dict[str, str] = field(default_factory=dict)
+    """Normalized field name -> column name."""
+    children: dict[str, _Node] = field(default_factory=dict)
+    """Normalized field name -> nested object."""
+    raw_names: dict[str, str | None] = field(default_factory=dict)
+    """Field name as the CRM sends it -> normalized field name, or None when undeclared."""
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    arrow_type: Any
+    accepts: tuple[Any, ...]
+    """Arrow types that pyarrow may infer for the values and that cast to ``arrow_type``."""
+    nullable: bool
+
+
+def _arrow_column(name: str, hints: TColumnSchema) -> _Column | None:
+    data_type = hints.get("data_type")
+    nullable = hints.get("nullable", True) is not False
+    null = pa.null()
+    if data_type == "text":
+        return _Column(name, pa.string(), (pa.string(), null), nullable)
+    if data_type == "bigint":
+        return _Column(name, pa.int64(), (pa.int64(), null), nullable)
+    if data_type == "bool":
+        return _Column(name, pa.bool_(), (pa.bool_(), null), nullable)
+    if data_type == "double":
+        return _Column(name, pa.float64(), (pa.float64(), pa.int64(), null), nullable)
+    if data_type == "decimal":
+        precision = hints.get("precision") or 38
+        scale = hints.get("scale") or 9
+        arrow_type = pa.decimal128(precision, scale)
+        return _Column(name, arrow_type, (pa.float64(), pa.int64(), null), nullable)
+    if data_type == "timestamp" and hints.get("timezone", True) is not False:
+        arrow_type = pa.timestamp("us", tz="UTC")
+        return _Column(name, arrow_type, (pa.string(), null), nullable)
+    if data_type == "date":
+        return _Column(name, pa.date32(), (pa.string(), null), nullable)
+    return None
+
+
+class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
+    """dlt pipe step that gathers the pages that fit the declared columns into Arrow tables.
+
+    dlt checks each Arrow table against the schema, so one table per page of 100 records would
+    cost more than the conversion saves. The step keeps the fitting pages back and passes them
+    on as one table when ``batch_records`` is reached, and when the pages end. A page that does
+    not fit passes on at once, as the list of dictionaries it is.
+
+    Args:
+        columns: the column hints of ``crm_data``.
+        naming: dlt's naming convention, which maps the CRM's field names to column names.
+        batch_records: records per Arrow table.
+    """
+
+    # After dlt's incremental step (1), which reads the cursor from the dictionaries, and after
+    # add_limit (1.1); before a fork (2).
+    placement_affinity = 1.5
+
+    def __init__(
+        self,
+        columns: dict[str, TColumnSchema],
+        naming: NamingConvention,
+        batch_records: int = DEFAULT_BATCH_RECORDS,
+    ) -> None:
+        BaseItemTransform.__init__(self)
+        self.naming = naming
+        self.batch_records = batch_records
+        self.columns: list[_Column] = []
+        self.root = _Node()
+        for name, hints in columns.items():
+            column = _arrow_column(name, hints)
+            if column is None:
+                raise ValueError(
+                    f"column {name!r} has a type that Arrow pages do not convert: "
+                    f"{hints.get('data_type')!r}. Check arrow_pages_enabled() first."
+                )
+            self.columns.append(column)
+            *parents, leaf = name.split(_NESTING_SEPARATOR)
+            node = self.root
+            for parent in parents:
+                node = node.children.setdefault(parent, _Node())
+            node.leaves[leaf] = name
+        self.arrow_schema = pa.schema(
+            [pa.field(c.name, c.arrow_type, c.nullable) for c in self.columns]
+        )
+        self.arrow_records = 0
+        self.dict_records = 0
+        self._reset()
+
+    def bind(self, pipe: SupportsPipe) -> PagesToArrow:
+        """Make the pipe end with an empty page, so the last held pages are passed on."""
+        self._reset()
+        if isinstance(pipe.gen, Iterator):
+            pipe.replace_gen(_end_with_empty_page(pipe.gen))
+        return self
+
+    def __call__(self, item: Any, meta: Any = None) -> Any:
+        """Hold a fitting page back, or return what should go on to dlt now.
+
+        Returns:
+            None while pages are held back; an Arrow table of the held pages when
+            ``batch_records`` is reached or a page is empty; a page that does not fit, as it is.
+        """
+        if meta is not None or not isinstance(item, list):
+            return item
+        if not item:
+            return self._release()
+        try:
+            values = self._collect(self.root, item)
+        except _DoesNotFit:
+            self.dict_records += len(item)
+            return item
+
+        self._pages.append(item)
+        self._held_records += len(item)
+        for name, column_values in values.items():
+            self._values[name].extend(column_values)
+        if self._held_records >= self.batch_records:
+            return self._release()
+        return None
+
+    def _reset(self) -> None:
+        self._pages: list[list[Any]] = []
+        self._held_records = 0
+        self._values: dict[str, list[Any]] = {column.name: [] for column in self.columns}
+
+    def _release(self) -> Any:
+        if not self._pages:
+            return None
+        pages, values, count = self._pages, self._values, self._held_records
+        self._reset()
+        try:
+            table = self._to_arrow(values)
+        except (_DoesNotFit, pa.ArrowException):
+            # A value does not fit its column: dlt's normalizer checks each record and says which.
+            self.dict_records += count
+            return [record for page in pages for record in page]
+        self.arrow_records += count
+        return table
+
+    def _to_arrow(self, values: dict[str, list[Any]]) -> Any:
+        arrays = []
+        for column in self.columns:
+            array = pa.array(values[column.name])
+            if array.type not in column.accepts:
+                raise _DoesNotFit(column.name)
+            if not column.nullable and array.null_count:
+                raise _DoesNotFit(column.name)
+            arrays.append(array.cast(column.arrow_type))
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+
+    def _collect(self, node: _Node, objects: list[Any]) -> dict[str, list[Any]]:
+        """Return the column values of ``objects`` for the leaf columns at and below ``node``.
+
+        Raises:
+            _DoesNotFit: an object is not a dictionary, or has a field that is not declared at
+                this level.
+        """
+        if not all(type(obj) is dict for obj in objects if obj is not None):
+            raise _DoesNotFit(node)
+        present = set().union(*(obj for obj in objects if obj is not None))
+        raw_for: dict[str, str] = {}
+        for raw in present:
+            normalized = self._normalized(node, raw)
+            if normalized is None or normalized in raw_for:
+                raise _DoesNotFit(raw)
+            raw_for[normalized] = raw
+
+        values: dict[str, list[Any]] = {}
+        for normalized, column in node.leaves.items():
+            raw = raw_for.get(normalized)
+            if raw is None:
+                values[column] = [None] * len(objects)
+            else:
+                values[column] = [obj.get(raw) if obj is not None else None for obj in objects]
+        for normalized, child in node.children.items():
+            raw = raw_for.get(normalized)
+            nested = [
+                obj.get(raw) if obj is not None and raw is not None else None for obj in objects
+            ]
+            values.update(self._collect(child, nested))
+        return values
+
+    def _normalized(self, node: _Node, raw: str) -> str | None:
+        try:
+            return node.raw_names[raw]
+        except KeyError:
+            pass
+        normalized: str | None
+        try:
+            normalized = self.naming.normalize_identifier(raw)
+        except ValueError:
+            # An empty or blank field name: dlt's normalizer decides what to do with it.
+            normalized = None
+        if normalized not in node.leaves and normalized not in node.children:
+            normalized = None
+        node.raw_names[raw] = normalized
+        return normalized
+
+
+def _end_with_empty_page(pages: Iterator[Any]) -> Iterator[Any]:
+    yield from pages
+    yield []
