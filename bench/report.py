@@ -36,6 +36,8 @@ CHANGES = (
     ("DuckDB preserve_insertion_order off", "asset_without_insertion_order", "1000000_0ms", None),
     ("Arrow on the system allocator", "asset_without_system_allocator", "100000_0ms", None),
     ("Arrow on the system allocator", "asset_without_system_allocator", "1000000_0ms", None),
+    ("Garbage collector off older objects", "asset_without_frozen_gc", "100000_0ms", None),
+    ("Garbage collector off older objects", "asset_without_frozen_gc", "1000000_0ms", None),
     ("All of the above, and 8 requests in flight", "asset_without_all", "100000_0ms", None),
     ("8 requests in flight (max_in_flight), not 1", "asset_sequential", "100000_50ms", None),
     ("8 requests in flight, not 4", "asset_in_flight_4", "100000_50ms", None),
@@ -57,6 +59,7 @@ VARIANT_ORDER = (
     "asset_without_memory_limit",
     "asset_without_insertion_order",
     "asset_without_system_allocator",
+    "asset_without_frozen_gc",
     "asset_without_all",
 )
 PAGE_SIZE = 100

@@ -141,12 +141,23 @@ VARIANTS: dict[str, Variant] = {
         "crm_data with Arrow's default allocator (mimalloc)",
         env={"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"},
     ),
+    "asset_without_frozen_gc": Variant(
+        "asset",
+        "crm_data with Python's garbage collector tracing every object during the load",
+        reverts=("frozen_gc",),
+    ),
     "asset_without_all": Variant(
         "asset",
         "crm_data with every speed change reverted",
         contract={"max_in_flight": 1, "arrow_batch_records": 0},
         env=ALL_REVERTED_ENV,
-        reverts=("jsonl", "compiled_selector", "insertion_order", "environment_once"),
+        reverts=(
+            "jsonl",
+            "compiled_selector",
+            "insertion_order",
+            "environment_once",
+            "frozen_gc",
+        ),
     ),
     "asset_cli_multiprocess": Variant(
         "cli",
@@ -504,25 +515,28 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crm-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with running_sandbox(args.records, args.latency_ms) as sandbox:
-        for name in names:
-            runs = [
-                run_variant(
-                    name,
-                    sandbox,
-                    workdir,
-                    args.records,
-                    args.timeout_s,
-                    args.max_rss_mb,
-                    args.profile,
+        # Rounds of every variant, not all runs of one variant and then the next, so that a
+        # machine that slows down for a while slows all variants alike.
+        for _ in range(args.repeat):
+            for name in names:
+                runs[name].append(
+                    run_variant(
+                        name,
+                        sandbox,
+                        workdir,
+                        args.records,
+                        args.timeout_s,
+                        args.max_rss_mb,
+                        args.profile,
+                    )
                 )
-                for _ in range(args.repeat)
-            ]
-            result = combine_runs(runs)
-            result["latency_ms"] = args.latency_ms
-            results[name] = result
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
+                result = combine_runs(runs[name])
+                result["latency_ms"] = args.latency_ms
+                results[name] = result
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)

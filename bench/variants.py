@@ -22,6 +22,7 @@ the change is worth. The other changes are reverted through settings by ``bench/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 PAGE_SIZE = 100
-REVERTS = ("jsonl", "compiled_selector", "insertion_order", "environment_once")
+REVERTS = ("jsonl", "compiled_selector", "insertion_order", "environment_once", "frozen_gc")
 
 
 def run_http_floor(base_url: str, api_key: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -133,12 +134,17 @@ def revert_changes(names: list[str]) -> None:
     statements. ``compiled_selector`` passes the data selector as a string again.
     ``insertion_order`` leaves DuckDB's ``preserve_insertion_order`` on. ``environment_once``
     lets requests read the proxy settings from the environment on every request again.
+    ``frozen_gc`` leaves the garbage collector tracing the objects that exist before the load.
     """
     if not names:
         return
     import crm_dagster.pipeline as pipeline_module
     import crm_dagster.source as source_module
 
+    if "frozen_gc" in names:
+        import crm_dagster.assets as assets_module
+
+        assets_module.frozen_gc = contextlib.nullcontext
     if "insertion_order" in names:
         pipeline_module.DUCKDB_SETTINGS = {}
     if "environment_once" in names:

@@ -15,7 +15,7 @@ from crm_dagster.columnar import arrow_settings
 from crm_dagster.contract import RESOURCE_NAME
 from crm_dagster.errors import CrmError
 from crm_dagster.locking import pipeline_lock
-from crm_dagster.pipeline import crm_pipeline, definition_pipeline
+from crm_dagster.pipeline import crm_pipeline, definition_pipeline, frozen_gc
 from crm_dagster.resources import CrmResource
 from crm_dagster.schema import schema_violation_error
 from crm_dagster.source import placeholder_source
@@ -59,7 +59,7 @@ def crm_assets(
     # The pool keeps loads apart; the lock also covers two processes given its slot at once.
     with pipeline_lock(context.log):
         pipeline = crm_pipeline()
-        with forward_logs(context.log), arrow_settings():
+        with forward_logs(context.log), arrow_settings(), frozen_gc():
             try:
                 results = list(dlt.run(context=context, dlt_source=source, dlt_pipeline=pipeline))
             except PipelineStepFailed as failure:

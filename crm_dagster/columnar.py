@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import dlt
@@ -252,10 +253,14 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
             raw_for[normalized] = raw
 
         values: dict[str, list[Any]] = {}
+        all_objects = None not in objects
         for normalized, column in node.leaves.items():
             raw = raw_for.get(normalized)
             if raw is None:
                 values[column] = [None] * len(objects)
+            elif all_objects:
+                # map() with dict.get runs in C: the faster form where no object is missing.
+                values[column] = list(map(dict.get, objects, repeat(raw)))
             else:
                 values[column] = [obj.get(raw) if obj is not None else None for obj in objects]
         for normalized, child in node.children.items():

@@ -3,9 +3,11 @@
 dlt's REST client pages sequentially: it sends one request, hands the page to the paginator,
 and only then sends the next. Against a CRM with 100 ms per request, latency then dominates a
 load. When the contract allows more than one request in flight (``max_in_flight``) and the CRM
-reports a total, :class:`PageReadAhead` sends the requests for the next ``max_in_flight``
-offsets on worker threads as soon as the first page has reported the total. The client's own
-request for each offset then takes the response that is already there, or waits for it.
+reports a total, :class:`PageReadAhead` sends the requests for the next offsets on worker
+threads as soon as the first page has reported the total. It keeps as many requests in flight
+as cover the CRM's latency while dlt processes a page, up to ``max_in_flight``
+(:meth:`PageReadAhead.pages_in_flight`). The client's own request for each offset then takes the
+response that is already there, or waits for it.
 
 Everything else stays as in sequential paging: pages reach dlt one at a time and in offset
 order, through the same paginator (stop rules, progress log) and the same
@@ -19,8 +21,11 @@ sequential.
 from __future__ import annotations
 
 import copy
+import math
 import queue
 import threading
+import time
+from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
@@ -33,6 +38,13 @@ from crm_dagster.transport import CrmTransport
 # A worker thread that finds no request to send for this long exits, so no thread outlives a
 # load by more than this.
 WORKER_IDLE_TIMEOUT_S = 1.0
+# Latencies that pages_in_flight() takes the shortest of. Waits for Python's interpreter lock
+# and for the CRM's queue make single requests slower, but rarely all of the last 16.
+LATENCY_SAMPLES = 16
+# Weight of the newest sample in the average time the client spends per page.
+PROCESSING_WEIGHT = 0.2
+# Floor of that time, so a client that spends nearly nothing per page gets max_in_flight.
+MIN_PROCESSING_S = 0.0005
 
 
 class PageReadAhead(HTTPAdapter):
@@ -58,6 +70,10 @@ class PageReadAhead(HTTPAdapter):
             queue.SimpleQueue()
         )
         self._workers = 0
+        # Recent request latencies (seconds), and how long the client spends between pages.
+        self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._processing_s: float | None = None
+        self._returned_at: float | None = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> PageReadAhead:
         # dlt deep-copies its REST config and paginators; all copies share one read-ahead.
@@ -79,13 +95,49 @@ class PageReadAhead(HTTPAdapter):
                 the worker thread that sent it.
         """
         options = {"timeout": timeout, "verify": verify, "cert": cert, "proxies": proxies}
+        started = time.monotonic()
         with self._lock:
             self._send_options = options
             self._template = request
             future = self._pending.pop(request.url or "", None)
-        if future is not None:
-            return future.result()
-        return self.transport.send(request, stream=stream, **options)
+        if self._returned_at is not None:
+            self._record_processing(started - self._returned_at)
+        try:
+            if future is not None:
+                return future.result()
+            response = self.transport.send(request, stream=stream, **options)
+            self._record_latency(time.monotonic() - started)
+            return response
+        finally:
+            self._returned_at = time.monotonic()
+
+    def pages_in_flight(self) -> int:
+        """Return how many page requests to keep in flight, from 1 to ``max_in_flight``.
+
+        Enough requests to cover the CRM's latency while the client processes pages: the
+        shortest recent latency divided by the time the client spends per page, plus one. Before
+        both are measured, ``max_in_flight``. A CRM that responds within a millisecond, such as
+        one on the same machine, then gets about two requests in flight, because more would only
+        compete with dlt for Python's interpreter lock.
+        """
+        with self._lock:
+            if not self._latencies or self._processing_s is None:
+                return self.max_in_flight
+            latency = min(self._latencies)
+            processing = max(self._processing_s, MIN_PROCESSING_S)
+        return max(1, min(self.max_in_flight, math.ceil(latency / processing) + 1))
+
+    def _record_latency(self, seconds: float) -> None:
+        with self._lock:
+            self._latencies.append(seconds)
+
+    def _record_processing(self, seconds: float) -> None:
+        # An exponential average follows changes in page size and in dlt's work per page.
+        with self._lock:
+            if self._processing_s is None:
+                self._processing_s = seconds
+            else:
+                self._processing_s += PROCESSING_WEIGHT * (seconds - self._processing_s)
 
     def read_ahead(self, request: requests.Request, offset_param: str, offsets: list[int]) -> None:
         """Queue requests for the ``offsets`` that were not queued yet.
@@ -138,8 +190,10 @@ class PageReadAhead(HTTPAdapter):
                         self._workers -= 1
                         return
                 continue
+            started = time.monotonic()
             try:
                 response = self.transport.send(prepared, **options)
+                self._record_latency(time.monotonic() - started)
             except BaseException as error:
                 # The client's thread raises it when it reaches this page. Any exception is
                 # stored, so that the client never waits for a page that will not come.
@@ -150,12 +204,12 @@ class PageReadAhead(HTTPAdapter):
     def offsets_to_read(self, next_offset: int, step: int, total: int | None) -> list[int]:
         """Return the offsets from ``next_offset`` on that should be in flight now.
 
-        That is at most ``max_in_flight`` offsets, all below ``total`` and below the contract's
-        ``max_offset``. Without a total there are none.
+        That is at most :meth:`pages_in_flight` offsets, all below ``total`` and below the
+        contract's ``max_offset``. Without a total there are none.
         """
         if total is None:
             return []
-        stop = min(total, next_offset + step * self.max_in_flight)
+        stop = min(total, next_offset + step * self.pages_in_flight())
         max_offset = self.transport.contract.max_offset
         if max_offset is not None:
             stop = min(stop, max_offset)

@@ -169,8 +169,8 @@ def placeholder_source() -> DltSource:
 
 
 if __name__ == "__main__":
-    from crm_dagster.pipeline import crm_pipeline
+    from crm_dagster.pipeline import crm_pipeline, frozen_gc
 
-    with arrow_settings():
+    with arrow_settings(), frozen_gc():
         load_info = crm_pipeline().run(crm_source())
     load_info.raise_on_failed_jobs()

@@ -239,6 +239,56 @@ def test_offsets_stop_below_total_and_max_offset() -> None:
     assert read_ahead.offsets_to_read(100, 100, total=None) == []
 
 
+@pytest.mark.parametrize(
+    ("latencies_ms", "processing_ms", "expected"),
+    [
+        ([], None, 8),
+        ([50.0], None, 8),
+        ([50.0, 60.0], 2.5, 8),
+        ([1.0], 2.5, 2),
+        ([12.0, 9.0, 40.0], 2.5, 5),
+        ([0.0], 0.0, 1),
+        ([30.0], 0.0, 8),
+    ],
+)
+def test_pages_in_flight_cover_latency(
+    latencies_ms: list[float], processing_ms: float | None, expected: int
+) -> None:
+    contract = CrmContract(max_in_flight=8)
+    read_ahead = mount_read_ahead(build_session(contract, "not-a-secret"), contract)
+    assert read_ahead is not None
+    for latency in latencies_ms:
+        read_ahead._record_latency(latency / 1000)
+    if processing_ms is not None:
+        read_ahead._record_processing(processing_ms / 1000)
+
+    assert read_ahead.pages_in_flight() == expected
+
+
+def test_local_crm_keeps_few_requests_in_flight(
+    crm: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduled: list[list[int]] = []
+    offsets_to_read = PageReadAhead.offsets_to_read
+
+    def recording(self: PageReadAhead, *args: Any) -> list[int]:
+        offsets = offsets_to_read(self, *args)
+        scheduled.append(offsets)
+        return offsets
+
+    monkeypatch.setattr(PageReadAhead, "offsets_to_read", recording)
+
+    records = fetch_records(crm, max_in_flight=8)
+
+    assert len(records) == RECORDS
+    # The first request goes out before the total is known. After the first page, all 8: nothing
+    # is measured yet. Once the sandbox responds in about a millisecond and the client spends
+    # about as long per page, fewer.
+    scheduled = [offsets for offsets in scheduled if offsets]
+    assert len(scheduled[0]) == 8
+    assert max(len(offsets) for offsets in scheduled[-5:]) < 8
+
+
 def test_worker_threads_exit_after_load(crm: SandboxServer) -> None:
     fetch_records(crm, max_in_flight=4)
 
