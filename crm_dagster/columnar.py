@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from itertools import repeat
 from typing import Any
 
@@ -35,8 +36,10 @@ from crm_dagster.contract import CrmContract
 
 try:
     import pyarrow as pa
+    import pyarrow.compute as pc
 except ImportError:  # pragma: no cover - pyarrow is a dependency; this keeps the dict path.
     pa = None
+    pc = None
 
 # dlt adds its load id and row id to dictionaries by default, and to Arrow tables only when
 # configured to. arrow_settings() applies these around each load, so rows from either path
@@ -49,6 +52,9 @@ ARROW_NORMALIZER_CONFIG: dict[str, Any] = {
 # Records per Arrow table. dlt checks each Arrow table against the schema, which took about 9 ms
 # per table in a profile, so pages go on in batches. A batch of 10,000 records is a few MB.
 DEFAULT_BATCH_RECORDS = 10_000
+
+# Digits of Arrow's 128-bit decimals.
+MAX_DECIMAL_PRECISION = 38
 
 # dlt's name for the separator of nested fields in flattened column names.
 _NESTING_SEPARATOR = "__"
@@ -166,6 +172,11 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
             for parent in parents:
                 node = node.children.setdefault(parent, _Node())
             node.leaves[leaf] = name
+        self._decimal_scales = {
+            column.name: column.arrow_type.scale
+            for column in self.columns
+            if pa.types.is_decimal(column.arrow_type)
+        }
         self.arrow_schema = pa.schema(
             [pa.field(c.name, c.arrow_type, c.nullable) for c in self.columns]
         )
@@ -184,18 +195,22 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
         """Hold a fitting page back, or return what should go on to dlt now.
 
         Returns:
-            None while pages are held back; an Arrow table of the held pages when
-            ``batch_records`` is reached or a page is empty; a page that does not fit, as it is.
+            None while pages are held back. An Arrow table of the held pages when
+            ``batch_records`` is reached or a page is empty. A page that does not fit, as
+            dictionaries.
         """
-        if meta is not None or not isinstance(item, list):
+        if not isinstance(item, list):
             return item
+        if meta is not None:
+            # Records for another table, such as crm_data_rejected, which has the same columns.
+            return self._round_decimals(item)
         if not item:
             return self._release()
         try:
             values = self._collect(self.root, item)
         except _DoesNotFit:
             self.dict_records += len(item)
-            return item
+            return self._round_decimals(item)
 
         self._pages.append(item)
         self._held_records += len(item)
@@ -218,11 +233,39 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
         try:
             table = self._to_arrow(values)
         except (_DoesNotFit, pa.ArrowException):
-            # A value does not fit its column: dlt's normalizer checks each record and says which.
+            # A value does not fit its column. dlt's normalizer checks each record and names it.
             self.dict_records += count
-            return [record for page in pages for record in page]
+            return self._round_decimals([record for page in pages for record in page])
         self.arrow_records += count
         return table
+
+    def _round_decimals(self, records: list[Any]) -> list[Any]:
+        """Round the decimal values of records that go on as dictionaries to their column's scale.
+
+        dlt writes these records to parquet too, and its parquet writer rejects a value with more
+        decimal places than the column has, such as 0.30000000000000004 for a decimal with 2.
+        DuckDB rounds such values half away from zero when it reads JSON lines, so this rounds
+        the same way, and the table gets the same value from either path. Values that are not
+        numbers stay as they are, for dlt's schema contract to report.
+        """
+        if self._decimal_scales:
+            for record in records:
+                if type(record) is dict:
+                    self._round_in(self.root, record)
+        return records
+
+    def _round_in(self, node: _Node, obj: dict[str, Any]) -> None:
+        for raw, value in obj.items():
+            normalized = self._normalized(node, raw)
+            if normalized is None:
+                continue
+            if normalized in node.children:
+                if type(value) is dict:
+                    self._round_in(node.children[normalized], value)
+                continue
+            scale = self._decimal_scales.get(node.leaves[normalized])
+            if scale is not None and type(value) in (float, int, str):
+                obj[raw] = _rounded_decimal(value, scale)
 
     def _to_arrow(self, values: dict[str, list[Any]]) -> Any:
         arrays = []
@@ -232,7 +275,10 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
                 raise _DoesNotFit(column.name)
             if not column.nullable and array.null_count:
                 raise _DoesNotFit(column.name)
-            arrays.append(array.cast(column.arrow_type))
+            if pa.types.is_decimal(column.arrow_type) and array.type == pa.float64():
+                arrays.append(_float_to_decimal(array, column.arrow_type))
+            else:
+                arrays.append(array.cast(column.arrow_type))
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
 
     def _collect(self, node: _Node, objects: list[Any]) -> dict[str, list[Any]]:
@@ -286,6 +332,41 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
             normalized = None
         node.raw_names[raw] = normalized
         return normalized
+
+
+def _rounded_decimal(value: float | int | str, scale: int) -> Any:
+    """Return ``value`` as a Decimal rounded half away from zero, or unchanged if not a number."""
+    try:
+        exact = Decimal(repr(value) if type(value) is float else value)
+        if not exact.is_finite():
+            return value
+        return exact.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
+    except InvalidOperation:
+        # Not a number, or more digits than Python's decimal context: dlt reports it.
+        return value
+
+
+def _float_to_decimal(array: Any, decimal_type: Any) -> Any:
+    """Convert JSON numbers parsed as floats to ``decimal_type`` as dlt's own path does.
+
+    dlt writes the number's shortest text, such as ``1.005``, and DuckDB rounds that text half
+    away from zero to the column's scale: 1.01. Casting the float itself would round its binary
+    value, 1.00499999..., to 1.00. This goes through the same text instead.
+
+    Raises:
+        _DoesNotFit: a value is beyond 2**53, where floats no longer represent every integer.
+        pyarrow.ArrowInvalid: a value has more digits than the conversion keeps.
+    """
+    largest = pc.max(pc.abs(array)).as_py()
+    if largest is not None and largest >= 2**53:
+        raise _DoesNotFit(array)
+    integer_digits = decimal_type.precision - decimal_type.scale
+    # A float's shortest text has at most 17 significant digits, so 18 more places than the
+    # scale hold every value down to a hundredth of the column's smallest step.
+    exact_scale = min(MAX_DECIMAL_PRECISION - integer_digits, decimal_type.scale + 18)
+    exact = array.cast(pa.string()).cast(pa.decimal128(MAX_DECIMAL_PRECISION, exact_scale))
+    rounded = pc.round(exact, ndigits=decimal_type.scale, round_mode="half_towards_infinity")
+    return rounded.cast(decimal_type)
 
 
 def _end_with_empty_page(pages: Iterator[Any]) -> Iterator[Any]:

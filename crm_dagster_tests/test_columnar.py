@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pytest
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
-from crm_dagster.columnar import PagesToArrow, arrow_pages_enabled
+from crm_dagster.columnar import PagesToArrow, _rounded_decimal, arrow_pages_enabled
 from crm_dagster.contract import CrmContract
 from crm_dagster.sandbox import SandboxServer
 from crm_dagster.schema import crm_columns
@@ -85,12 +86,31 @@ def to_arrow_step(batch_records: int = 1_000) -> PagesToArrow:
     return PagesToArrow(COLUMNS, NamingConvention(), batch_records)
 
 
+# Values where a conversion could differ: rounding to the column's 2 decimals, offsets and
+# fractions of seconds, text outside ASCII, and empty or missing nested objects.
+EDGE_VALUES = [
+    {"id": 1, "annual_revenue": 1.005},
+    {"id": 2, "annual_revenue": 2.675},
+    {"id": 3, "annual_revenue": 12345678.999},
+    {"id": 4, "annual_revenue": 0.1 + 0.2},
+    {"id": 5, "annual_revenue": -0.005},
+    {"id": 6, "annual_revenue": 7},
+    {"id": 7, "created_at": "2025-01-02T03:04:05+02:00"},
+    {"id": 8, "created_at": "2025-01-02T03:04:05.123456Z"},
+    {"id": 9, "first_name": "Zoë 🚀 ß", "last_name": ""},
+    {"id": 10, "contact_info": None},
+    {"id": 11, "contact_info": {"email": "x@example.com", "address": None}},
+    {"id": 12, "contact_info": {}},
+]
+
+
 def test_warehouse_matches_dictionary_pages(
     crm: SandboxServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     arrow_tables: list[int],
 ) -> None:
+    crm.upsert(EDGE_VALUES)
     use_contract(tmp_path, monkeypatch, arrow_batch_records=0)
     run_crm_asset(crm.base_url)
     dict_columns, dict_rows = table_columns(), table_rows()
@@ -121,12 +141,51 @@ def test_undeclared_field_goes_through_dlt(
 
     run_crm_asset(crm.base_url)
 
-    # The page with offset 100 holds record 120 and reaches dlt as dictionaries.
+    # The page with offset 100 contains record 120 and reaches dlt as dictionaries.
     assert sum(arrow_tables) == RECORDS - 100
     assert warehouse_rows(
         "SELECT id, loyalty_tier FROM crm.crm_data WHERE loyalty_tier IS NOT NULL"
     ) == [(120, "gold")]
     assert warehouse_rows("SELECT count(*) FROM crm.crm_data") == [(RECORDS,)]
+
+
+def test_dictionary_pages_round_decimals_like_duckdb(
+    crm: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Record 120 sends its page as dictionaries, which dlt writes to parquet as well. The record
+    # without an id goes to crm_data_rejected, also as dictionaries.
+    crm.upsert(
+        [
+            {"id": 120, "loyalty_tier": "gold", "annual_revenue": 1.005},
+            {"id": 121, "annual_revenue": 0.1 + 0.2},
+            {"id": 122, "annual_revenue": "2.675"},
+        ]
+    )
+    crm.set_faults(["null_id@200"])
+    use_contract(tmp_path, monkeypatch, arrow_batch_records=100)
+
+    run_crm_asset(crm.base_url)
+
+    assert warehouse_rows(
+        "SELECT id, annual_revenue FROM crm.crm_data WHERE id BETWEEN 120 AND 122 ORDER BY id"
+    ) == [(120, Decimal("1.01")), (121, Decimal("0.30")), (122, Decimal("2.68"))]
+    assert warehouse_rows("SELECT count(*) FROM crm.crm_data_rejected") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1.005, Decimal("1.01")),
+        (-0.005, Decimal("-0.01")),
+        (0.1 + 0.2, Decimal("0.30")),
+        (7, Decimal("7.00")),
+        ("2.675", Decimal("2.68")),
+        ("n/a", "n/a"),
+        (1e30, 1e30),
+    ],
+)
+def test_rounded_decimal(value: Any, expected: Any) -> None:
+    assert _rounded_decimal(value, 2) == expected
 
 
 def test_switching_to_arrow_keeps_the_table(
