@@ -32,7 +32,8 @@ from dlt.common.schema.typing import TColumnSchema
 from dlt.extract.items import SupportsPipe
 from dlt.extract.items_transform import BaseItemTransform, ItemTransform
 
-from crm_dagster.contract import CrmContract
+from crm_dagster.contract import RESOURCE_NAME, CrmContract
+from crm_dagster.errors import CrmResponseError
 
 try:
     import pyarrow as pa
@@ -142,6 +143,7 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
         columns: the column hints of ``crm_data``.
         naming: dlt's naming convention, which maps the CRM's field names to column names.
         batch_records: records per Arrow table.
+        primary_key: column that identifies a record, named in errors.
     """
 
     # After dlt's incremental step (1), which reads the cursor from the dictionaries, and after
@@ -153,8 +155,10 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
         columns: dict[str, TColumnSchema],
         naming: NamingConvention,
         batch_records: int = DEFAULT_BATCH_RECORDS,
+        primary_key: str = "id",
     ) -> None:
         BaseItemTransform.__init__(self)
+        self.primary_key = primary_key
         self.naming = naming
         self.batch_records = batch_records
         self.columns: list[_Column] = []
@@ -172,8 +176,8 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
             for parent in parents:
                 node = node.children.setdefault(parent, _Node())
             node.leaves[leaf] = name
-        self._decimal_scales = {
-            column.name: column.arrow_type.scale
+        self._decimal_types = {
+            column.name: column.arrow_type
             for column in self.columns
             if pa.types.is_decimal(column.arrow_type)
         }
@@ -232,7 +236,7 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
         self._reset()
         try:
             table = self._to_arrow(values)
-        except (_DoesNotFit, pa.ArrowException):
+        except (_DoesNotFit, pa.ArrowException, OverflowError):
             # A value does not fit its column. dlt's normalizer checks each record and names it.
             self.dict_records += count
             return self._round_decimals([record for page in pages for record in page])
@@ -248,24 +252,58 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
         the same way, and the table gets the same value from either path. Values that are not
         numbers stay as they are, for dlt's schema contract to report.
         """
-        if self._decimal_scales:
+        if self._decimal_types:
             for record in records:
                 if type(record) is dict:
-                    self._round_in(self.root, record)
+                    self._round_in(self.root, record, record)
         return records
 
-    def _round_in(self, node: _Node, obj: dict[str, Any]) -> None:
+    def _round_in(self, node: _Node, obj: dict[str, Any], record: dict[str, Any]) -> None:
+        """Round the decimal values of ``obj``, at the level of ``node`` in ``record``.
+
+        Raises:
+            CrmResponseError: a value has more digits before the decimal point than its column.
+        """
         for raw, value in obj.items():
             normalized = self._normalized(node, raw)
             if normalized is None:
                 continue
             if normalized in node.children:
                 if type(value) is dict:
-                    self._round_in(node.children[normalized], value)
+                    self._round_in(node.children[normalized], value, record)
                 continue
-            scale = self._decimal_scales.get(node.leaves[normalized])
-            if scale is not None and type(value) in (float, int, str):
-                obj[raw] = _rounded_decimal(value, scale)
+            column = node.leaves[normalized]
+            decimal_type = self._decimal_types.get(column)
+            if decimal_type is None or type(value) not in (float, int, str):
+                continue
+            rounded = _rounded_decimal(value, decimal_type.scale)
+            integer_digits = decimal_type.precision - decimal_type.scale
+            if isinstance(rounded, Decimal) and rounded and rounded.adjusted() >= integer_digits:
+                raise self._too_many_digits(record, column, decimal_type)
+            obj[raw] = rounded
+
+    def _too_many_digits(
+        self, record: dict[str, Any], column: str, decimal_type: Any
+    ) -> CrmResponseError:
+        # The message names the record and the column, never the value, as dlt's schema errors.
+        key = next(
+            (
+                value
+                for raw, value in record.items()
+                if self._normalized(self.root, raw) == self.primary_key
+            ),
+            None,
+        )
+        record_name = f"{self.primary_key}={key!r}" if key is not None else "(no primary key)"
+        integer_digits = decimal_type.precision - decimal_type.scale
+        return CrmResponseError(
+            f"CRM record {record_name} has a value in {RESOURCE_NAME}.{column} with more than "
+            f"{integer_digits} digits before the decimal point, which does not fit the column "
+            f"of type decimal({decimal_type.precision}, {decimal_type.scale}). The load stopped "
+            f"before writing and {RESOURCE_NAME} is unchanged. Fix the value in the CRM, or "
+            f"declare the column with a larger precision in the contract's columns (for example "
+            f"columns.{column}.precision = 38), then rerun."
+        )
 
     def _to_arrow(self, values: dict[str, list[Any]]) -> Any:
         arrays = []

@@ -65,7 +65,9 @@ def crm_source(
     reject_step = RejectRecordsWithoutKey(contract.primary_key, columns, stats)
     source.resources[RESOURCE_NAME].add_step(reject_step)
     if arrow_pages_enabled(contract, columns):
-        to_arrow = PagesToArrow(columns, source.schema.naming, contract.arrow_batch_records)
+        to_arrow = PagesToArrow(
+            columns, source.schema.naming, contract.arrow_batch_records, contract.primary_key
+        )
         source.resources[RESOURCE_NAME].add_step(to_arrow)
     return source
 

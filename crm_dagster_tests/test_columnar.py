@@ -20,6 +20,7 @@ from crm_dagster.schema import crm_columns
 from crm_dagster_tests.conftest import (
     FULL_REFRESH,
     SENTINEL_KEY,
+    failure_message,
     run_crm_asset,
     warehouse_rows,
 )
@@ -172,6 +173,25 @@ def test_dictionary_pages_round_decimals_like_duckdb(
     assert warehouse_rows("SELECT count(*) FROM crm.crm_data_rejected") == [(1,)]
 
 
+def test_decimal_beyond_precision_names_record(
+    crm: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_contract(tmp_path, monkeypatch, arrow_batch_records=100)
+    run_crm_asset(crm.base_url)
+    rows_before = table_rows()
+    crm.upsert([{"id": 42, "annual_revenue": 1e17, "updated_at": "2026-11-30T00:00:00Z"}])
+
+    result = run_crm_asset(crm.base_url, raise_on_error=False, run_config=FULL_REFRESH)
+
+    assert not result.success
+    message = failure_message(result)
+    assert "CRM record id=42 has a value in crm_data.annual_revenue" in message
+    assert "decimal(18, 2)" in message
+    assert "columns.annual_revenue.precision = 38" in message
+    assert "1e+17" not in message
+    assert table_rows() == rows_before
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -262,6 +282,8 @@ def test_page_that_does_not_fit_passes_unchanged(page: list[Any], reason: str) -
         ({"updated_at": "last tuesday"}, "unparsable timestamp"),
         ({"updated_at": "2025-02-03T04:05:06"}, "timestamp without a zone offset"),
         ({"created_at": None}, "null in a non-nullable column"),
+        ({"id": 2**63}, "integer beyond 64 bits"),
+        ({"annual_revenue": 2.0**53 + 2}, "float beyond exact integers"),
     ],
 )
 def test_batch_with_a_bad_value_goes_on_as_dictionaries(
