@@ -32,9 +32,9 @@ DUCKDB_MEMORY_LIMIT_ENV = "CRM_DUCKDB_MEMORY_LIMIT"
 # the peak memory of a 1,000,000-record load (docs/benchmarks.md). DuckDB spills larger
 # intermediate results to a temporary folder next to the database file.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "128MB"
-# Without insertion order, DuckDB reads and merges the load files in parallel and with less
-# memory: at 1,000,000 records the load step took about 40% less time (docs/benchmarks.md).
-# SQL tables have no row order, so queries see no difference.
+# Without insertion order, DuckDB may read and merge the load files in parallel: at 1,000,000
+# records the load step took 3.1 s instead of 4.1 s (docs/benchmarks.md). SQL tables have no
+# row order, so queries see no difference.
 DUCKDB_SETTINGS: dict[str, Any] = {"preserve_insertion_order": False}
 
 
@@ -43,8 +43,8 @@ def frozen_gc() -> Iterator[None]:
     """Keep Python's cyclic garbage collector away from the objects that exist before a load.
 
     A load creates millions of short-lived objects, so the collector runs often, and each full
-    run traced every object of Dagster and dlt too. Freezing them took about a fifth off a load of
-    100,000 records (docs/benchmarks.md). They are unfrozen when the block ends.
+    run traced every object of Dagster and dlt too. With them frozen, a load of 1,000,000 records
+    took 34 s instead of 39 s (docs/benchmarks.md). They are unfrozen when the block ends.
     """
     gc.freeze()
     try:

@@ -379,8 +379,8 @@ def build_session(
     Args:
         base_url: the CRM's base URL. When given, the proxy and CA bundle settings of the
             environment (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ...) are read
-            once for it, instead of on every request: for 1,000 pages that was about a tenth
-            of the extract step's time in docs/benchmarks.md.
+            once for it, instead of on every request, which took about 0.4 s of the extract
+            step for 1,000 pages in a profile.
     """
     session = requests.Session()
     if base_url is not None:
