@@ -161,6 +161,8 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
         self.primary_key = primary_key
         self.naming = naming
         self.batch_records = batch_records
+
+        # One Arrow column per declared column, and the nesting that leads to each.
         self.columns: list[_Column] = []
         self.root = _Node()
         for name, hints in columns.items():
@@ -176,6 +178,7 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
             for parent in parents:
                 node = node.children.setdefault(parent, _Node())
             node.leaves[leaf] = name
+
         self._decimal_types = {
             column.name: column.arrow_type
             for column in self.columns
@@ -184,6 +187,7 @@ class PagesToArrow(ItemTransform[Any, dict[str, Any]]):
         self.arrow_schema = pa.schema(
             [pa.field(c.name, c.arrow_type, c.nullable) for c in self.columns]
         )
+
         self.arrow_records = 0
         self.dict_records = 0
         self._reset()

@@ -227,7 +227,7 @@ def test_switching_to_arrow_keeps_the_table(
     ) == [(RECORDS, RECORDS, 1)]
 
 
-def test_fitting_pages_are_held_until_the_batch_is_full() -> None:
+def test_pages_held_until_batch_full() -> None:
     step = to_arrow_step(batch_records=3)
 
     assert step([record(1), record(2)]) is None
@@ -286,9 +286,7 @@ def test_page_that_does_not_fit_passes_unchanged(page: list[Any], reason: str) -
         ({"annual_revenue": 2.0**53 + 2}, "float beyond exact integers"),
     ],
 )
-def test_batch_with_a_bad_value_goes_on_as_dictionaries(
-    changes: dict[str, Any], reason: str
-) -> None:
+def test_bad_value_batch_stays_dictionaries(changes: dict[str, Any], reason: str) -> None:
     step = to_arrow_step()
     bad = record(2, **changes)
     assert step([record(1)]) is None
