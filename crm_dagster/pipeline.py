@@ -67,7 +67,11 @@ def crm_destination() -> Destination | None:
     if dlt.config.get("destination_type") or os.environ.get("DESTINATION_TYPE"):
         return None
 
-    path = duckdb_path()
+    # dlt resolves a relative DuckDB path against the directory the pipeline first ran in, which
+    # it keeps in its working directory. That directory is shared by every project on the
+    # machine that uses dlt's default pipelines dir, so a relative path could point into another
+    # project. An absolute path always means the current directory's warehouse.
+    path = duckdb_path().absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     memory_limit = os.environ.get(DUCKDB_MEMORY_LIMIT_ENV) or DEFAULT_DUCKDB_MEMORY_LIMIT
     credentials = DuckDbCredentials(

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from dagster import materialize
 from dagster_dlt import DagsterDltResource
@@ -168,3 +169,22 @@ def test_rows_check_passes_on_incremental_run(crm: SandboxServer) -> None:
     assert rows_check.passed
     assert rows_check.metadata["crm_reported_total"].value == at_cursor + 1
     assert rows_check.metadata["rows_in_last_load"].value == at_cursor + 1
+
+
+def test_default_warehouse_follows_working_directory(
+    crm: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dlt's working directory is shared by projects on one machine. A load from a second
+    # project directory must write that project's data/warehouse.duckdb, not the first one's.
+    monkeypatch.delenv("CRM_DUCKDB_PATH")
+    first, second = tmp_path / "first", tmp_path / "second"
+    for project in (first, second):
+        project.mkdir()
+        monkeypatch.chdir(project)
+        run_crm_asset(crm.base_url, run_config=FULL_REFRESH)
+
+    for project in (first, second):
+        warehouse = project / "data" / "warehouse.duckdb"
+        with duckdb.connect(str(warehouse), read_only=True) as connection:
+            count = connection.execute("SELECT COUNT(*) FROM crm.crm_data").fetchone()
+        assert count == (RECORDS,), project.name
