@@ -105,9 +105,7 @@ class PageReadAhead(HTTPAdapter):
         try:
             if future is not None:
                 return future.result()
-            response = self.transport.send(request, stream=stream, **options)
-            self._record_latency(time.monotonic() - started)
-            return response
+            return self._send_timed(request, stream=stream, **options)
         finally:
             self._returned_at = time.monotonic()
 
@@ -126,6 +124,13 @@ class PageReadAhead(HTTPAdapter):
             latency = min(self._latencies)
             processing = max(self._processing_s, MIN_PROCESSING_S)
         return max(1, min(self.max_in_flight, math.ceil(latency / processing) + 1))
+
+    def _send_timed(self, request: requests.PreparedRequest, **options: Any) -> requests.Response:
+        """Send ``request`` through the transport and record how long it took."""
+        started = time.monotonic()
+        response = self.transport.send(request, **options)
+        self._record_latency(time.monotonic() - started)
+        return response
 
     def _record_latency(self, seconds: float) -> None:
         with self._lock:
@@ -190,10 +195,8 @@ class PageReadAhead(HTTPAdapter):
                         self._workers -= 1
                         return
                 continue
-            started = time.monotonic()
             try:
-                response = self.transport.send(prepared, **options)
-                self._record_latency(time.monotonic() - started)
+                response = self._send_timed(prepared, **options)
             except BaseException as error:
                 # The client's thread raises it when it reaches this page. Any exception is
                 # stored, so that the client never waits for a page that will not come.

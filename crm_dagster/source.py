@@ -100,7 +100,7 @@ def rest_api_config(
             {
                 "name": RESOURCE_NAME,
                 "columns": columns,
-                # Parquet takes the Arrow tables as they are; JSON lines, when pages stay
+                # Parquet takes the Arrow tables as they are. JSON lines, when pages stay
                 # dictionaries, loads several times faster than dlt's default INSERT statements
                 # (docs/benchmarks.md). A destination that takes neither falls back to its own
                 # default format, with a warning from dlt.
